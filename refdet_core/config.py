@@ -1,0 +1,336 @@
+"""Typed configuration: one dataclass per concern, loaded once from a params YAML or a dict.
+
+A config can be given nested (``{"data": {"img_size": 640}, "train": {...}}``) or flat
+(``{"img_size": 640, "epochs": 30}``): every field name is unique across sections, so a flat key
+names exactly one field. Dotted keys (``data.img_size``) work too. Unknown keys are an error that
+names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message names the key and its source."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"  # challenge layout root: samples/<video_id>/..., annotations/annotations.json
+    val_videos: tuple[str, ...] = ()  # explicit validation videos; empty = splits.json in root, else val_fraction
+    val_fraction: float = 0.2  # share of videos held out for validation when no split is given
+    split_seed: int = 42  # seed of the by-video split
+    img_size: int = 640  # query letterbox size (square)
+    support_size: int = 256  # reference image size (square)
+    k_shot: int = 3  # reference images per video
+    n_way: int = 2  # videos per episode
+    n_query: int = 4  # query frames per video per episode
+    bg_share: float = 0.25  # share of episode query frames drawn from background (object absent)
+    num_aug: int = 1  # augmented variants of each frame per epoch
+    augment: bool = True  # random augmentation on training episodes (never on validation)
+    crop_native: bool = False  # crop img_size windows from native frames instead of letterboxing the whole frame
+    store_dir: str = ""  # frame store folder; empty = <root>/.frame_store
+    store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
+    store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
+    cache_mb: int = 512  # byte bound of the in-memory LRU in front of the store
+    loader: str = "store"  # "store" (frame store) or "seek" (new VideoCapture + seek per sample, the seed's way)
+    num_workers: int = 0  # DataLoader workers
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    episodes_per_epoch: int = 100  # episodes drawn per epoch
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "vit_small_patch16_dinov3"  # timm support encoder
+    encoder_weights: str = ""  # local .safetensors/.pth; empty = timm cache when present, else random init
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # shrink the encoder for tests (depth, embed_dim...)
+    encoder_patch: int = 16  # 32 resamples the patch embedding
+    trainable_blocks: int = 0  # last encoder blocks that train (0 = frozen; the seed trained 6 of 12)
+    int8_encoder: bool = False  # INT8 dynamic quantization of the frozen encoder (CPU only)
+    proto_dims: tuple[int, ...] = (32, 64, 128, 256)  # prototype dims per scale P2..P5
+    width: float = 0.25  # YOLOv8 width multiple (n = 0.25)
+    depth: float = 0.33  # YOLOv8 depth multiple (n = 0.33)
+    backbone_weights: str = ""  # Ultralytics yolov8n state dict (.pt/.safetensors), optional
+    use_p2: bool = True  # P2 (stride 4) scale; False = P3-P5
+    fusion: str = "psalm"  # "psalm" or "cheaf"
+    head_mode: str = "dual"  # "standard", "prototype" or "dual"
+    num_base_classes: int = 0  # base classes of the standard head; 0 = from the training videos
+    reg_max: int = 16  # DFL bins
+
+
+@dataclass
+class LossConfig:
+    box_loss: str = "wiou_v3"  # "wiou_v1", "wiou_v2", "wiou_v3" or "ciou"
+    score_loss: str = "bce"  # "bce" or "varifocal"
+    w_box: float = 7.5
+    w_dfl: float = 1.5
+    w_score: float = 1.0
+    w_cls: float = 0.5
+    w_supcon: float = 0.1
+    w_cpe: float = 0.1
+    w_triplet: float = 0.1
+    tal_topk: int = 10
+    tal_alpha: float = 0.5
+    tal_beta: float = 6.0
+    contrastive_decay_epoch: int = -1  # dynamic schedule: after this epoch contrastive weights are scaled (-1 = off)
+    contrastive_decay: float = 0.5  # the scale applied after contrastive_decay_epoch
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 2  # 1 = base detection, 2 = episodic (default), 3 = fine-tune
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    lr_mult: dict[str, float] = field(default_factory=lambda: {"support_encoder": 0.1})  # per-module LR multipliers
+    warmup_steps: int = 100  # optimizer steps of linear warmup
+    min_lr_ratio: float = 0.05  # cosine floor as a share of lr
+    grad_accum: int = 1  # micro-batches per optimizer step
+    clip_norm: float = 10.0
+    max_bad_steps: int = 5  # consecutive non-finite steps before training stops
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    log_every: int = 1  # optimizer steps between history rows
+    checkpoint_every: int = 1  # epochs between checkpoints
+
+
+@dataclass
+class SpeedConfig:
+    precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp16), "bf16", "fp16", "fp32"
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the query path (static episode shapes)
+    fused_adamw: bool = False
+    support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
+    support_variants: int = 4  # augmented reference variants kept in the support cache
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+    "speed": SpeedConfig,
+}
+
+
+@dataclass
+class RefDetConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out = asdict(self)
+        for section in out.values():  # tuples become lists so YAML/JSON stay plain
+            for k, v in section.items():
+                if isinstance(v, tuple):
+                    section[k] = list(v)
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML, atomically."""
+        path = Path(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def flat(self) -> dict[str, Any]:
+        return {k: v for section in self.to_dict().values() for k, v in section.items()}
+
+
+def _field_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            assert f.name not in index, f"config field {f.name!r} appears in two sections"
+            index[f.name] = section
+    return index
+
+
+FIELD_SECTION = _field_index()
+FLAT_KEYS = frozenset(FIELD_SECTION)
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check (and gently convert) one value against its field's type hint."""
+    origin = typing.get_origin(hint)
+    where = f"{source}: key '{key}'"
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        (item_hint, _) = typing.get_args(hint)
+        return tuple(_coerce(v, item_hint, key, source) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        _, val_hint = typing.get_args(hint)
+        if val_hint is Any:
+            return dict(value)
+        return {str(k): _coerce(v, val_hint, f"{key}.{k}", source) for k, v in value.items()}
+    return value
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "store_format": ("npy", "jpeg"),
+    "loader": ("store", "seek"),
+    "fusion": ("psalm", "cheaf"),
+    "head_mode": ("standard", "prototype", "dual"),
+    "box_loss": ("wiou_v1", "wiou_v2", "wiou_v3", "ciou"),
+    "score_loss": ("bce", "varifocal"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+}
+
+POSITIVE = ("img_size", "support_size", "k_shot", "n_way", "n_query", "num_aug", "epochs", "grad_accum",
+            "episodes_per_epoch", "reg_max", "max_bad_steps", "log_every", "checkpoint_every", "tal_topk",
+            "encoder_patch", "support_variants")
+NON_NEGATIVE = ("lr", "weight_decay", "warmup_steps", "clip_norm", "num_workers", "cache_mb", "trainable_blocks",
+                "w_box", "w_dfl", "w_score", "w_cls", "w_supcon", "w_cpe", "w_triplet")
+UNIT_INTERVAL = ("val_fraction", "bg_share", "store_bg_share", "min_lr_ratio")
+
+
+def _validate(cfg: RefDetConfig, source: str) -> None:
+    flat = cfg.flat()
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(choices)}; got {flat[key]!r}")
+    for key in POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{source}: key '{key}' must be > 0, got {flat[key]!r}")
+    for key in NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{source}: key '{key}' must be >= 0, got {flat[key]!r}")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ConfigError(f"{source}: key '{key}' must be in [0, 1], got {flat[key]!r}")
+    if flat["stage"] not in (1, 2, 3):
+        raise ConfigError(f"{source}: key 'stage' must be 1, 2 or 3, got {flat['stage']!r}")
+    if len(cfg.model.proto_dims) != 4:
+        raise ConfigError(f"{source}: key 'proto_dims' needs 4 values (P2..P5), got {list(cfg.model.proto_dims)}")
+    for key, mult in cfg.train.lr_mult.items():
+        if mult < 0:
+            raise ConfigError(f"{source}: key 'lr_mult.{key}' must be >= 0, got {mult!r}")
+
+
+def _normalise_keys(d: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    """Nested, flat or dotted keys -> {section: {field: value}}; unknown keys raise."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, dict):
+            section_fields = {f.name for f in fields(SECTIONS[key])}
+            for sub, sub_value in value.items():
+                if sub not in section_fields:
+                    raise ConfigError(f"{source}: unknown key '{key}.{sub}'")
+                out[key][sub] = sub_value
+        elif "." in key and key.split(".", 1)[0] in SECTIONS:
+            section, sub = key.split(".", 1)
+            if sub not in {f.name for f in fields(SECTIONS[section])}:
+                raise ConfigError(f"{source}: unknown key '{key}'")
+            out[section][sub] = value
+        elif key in FIELD_SECTION:
+            out[FIELD_SECTION[key]][key] = value
+        else:
+            raise ConfigError(f"{source}: unknown key '{key}'")
+    return out
+
+
+def config_from_dict(d: dict[str, Any] | None = None, *, source: str = "<dict>", base: RefDetConfig | None = None
+                     ) -> RefDetConfig:
+    """Build a validated config from a nested, flat or dotted dict, on top of ``base`` (default: the defaults)."""
+    base = base or RefDetConfig()
+    by_section = _normalise_keys(d or {}, source)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        current = getattr(base, name)
+        hints = typing.get_type_hints(cls)
+        updates = {k: _coerce(v, hints[k], k, source) for k, v in by_section[name].items()}
+        sections[name] = dataclasses.replace(current, **updates)
+    cfg = RefDetConfig(**sections)
+    _validate(cfg, source)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or a file that is not a mapping raises ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *, ignore: tuple[str, ...] = ()
+                ) -> RefDetConfig:
+    """Load a params YAML (nested or flat keys), then apply ``overrides``.
+
+    Keys listed in ``ignore`` (notebook-only parameters such as ``run_dir``) are skipped.
+    """
+    data = {k: v for k, v in read_yaml(path).items() if k not in ignore}
+    cfg = config_from_dict(data, source=str(path))
+    if overrides:
+        cfg = config_from_dict(overrides, source="overrides", base=cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with a YAML value (``use_p2=false``, ``proto_dims=[8,16,32,64]``)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text to ``path`` through a temporary file in the same folder and a rename."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
