@@ -1,2 +1,262 @@
-def main():
-    pass
+"""The ``refdet`` command (DESIGN.md §9). Each subcommand is a thin wrapper over a library function.
+
+Bad input exits with status 2 and one line on stderr; ``--json`` prints one JSON object on stdout.
+Set ``REFDET_DEBUG=1`` to get the traceback instead of the one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# user-facing errors: (module, class name); imported lazily so that `refdet --help` stays fast
+USER_ERRORS = (
+    ("refdet_core.config", "ConfigError"),
+    ("refdet_core.data.layout", "LayoutError"),
+    ("refdet_core.data.frames", "StoreError"),
+    ("refdet_core.eval.submission", "SubmissionError"),
+    ("refdet_core.train.checkpoint", "CheckpointError"),
+    ("refdet_core.runner", "NotebookError"),
+    ("refdet_core.speed.options", "OptionError"),
+)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError]
+    for module, name in USER_ERRORS:
+        try:
+            types.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(types)
+
+
+def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        print(json.dumps(obj, default=float))
+    else:
+        print(text(obj))
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[f"{c:,}" if isinstance(c, int) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+# ---------------------------------------------------------------- data
+def cmd_data_demo(args: argparse.Namespace) -> None:
+    from refdet_core.data.demo import write_demo
+
+    summary = write_demo(args.out, videos=args.videos, frames=args.frames, seed=args.seed)
+    print(f"wrote demo set to {args.out}: {json.dumps(summary, default=str)}")
+
+
+def _check_text(obj: dict[str, Any]) -> str:
+    keys = ("frames", "fps", "width", "height", "annotated_frames", "boxes", "references")
+    rows = [[vid, *(v[k] for k in keys)] for vid, v in obj["videos"].items()]
+    t = obj["totals"]
+    rows.append(["total", t["frames"], "", "", "", t["annotated_frames"], t["boxes"], t["references"]])
+    return _table(rows, ["video", *keys])
+
+
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from refdet_core.data.layout import check_layout
+
+    _emit(check_layout(args.root), args.json, _check_text)
+
+
+def cmd_cache_build(args: argparse.Namespace) -> None:
+    from refdet_core.config import config_from_dict, load_config, parse_override
+    from refdet_core.data.frames import build_store
+
+    overrides = dict(parse_override(c) for c in args.c)
+    cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
+    stats = build_store(args.root, args.out, cfg)
+    _emit(stats, args.json, lambda s: "\n".join(f"{k}: {v}" for k, v in s.items()))
+
+
+# ---------------------------------------------------------------- model
+def cmd_params(args: argparse.Namespace) -> None:
+    from refdet_core.config import config_from_dict, load_config, parse_override
+    from refdet_core.models.params import param_summary
+
+    overrides = dict(parse_override(c) for c in args.c)
+    cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
+
+    def text(s: dict[str, Any]) -> str:
+        rows = [[name, m["total"], m["trainable"], m["frozen"]] for name, m in s["modules"].items()]
+        rows.append(["total", s["total"], s["trainable"], s["total"] - s["trainable"]])
+        return _table(rows, ["module", "total", "trainable", "frozen"]) + f"\n{s['total'] / 50e6:.1%} of the 50 M budget"
+
+    _emit(param_summary(cfg), args.json, text)
+
+
+# ---------------------------------------------------------------- train / predict / score
+def cmd_train(args: argparse.Namespace) -> None:
+    from refdet_core.train.run import train_from_params
+
+    result = train_from_params(args.params, out_dir=args.out, resume=args.resume)
+    if result is not None:
+        print(json.dumps(result, default=float))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from refdet_core.eval.video import predict_to_submission
+
+    summary = predict_to_submission(args.data, args.ckpt, args.out)
+    print(json.dumps(summary, default=float))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from refdet_core.eval.submission import score_files
+
+    def text(s: dict[str, Any]) -> str:
+        rows = [[vid, f"{v:.4f}"] for vid, v in s["videos"].items()]
+        rows.append(["mean", f"{s['mean_st_iou']:.4f}"])
+        return _table(rows, ["video", "st_iou"])
+
+    _emit(score_files(args.gt, args.pred), args.json, text)
+
+
+# ---------------------------------------------------------------- speed
+def cmd_profile(args: argparse.Namespace) -> None:
+    from refdet_core.speed.profiler import profile_from_params
+
+    report = profile_from_params(args.params, steps=args.steps, warmup=args.warmup, trace=args.trace)
+
+    def text(r: dict[str, Any]) -> str:
+        rows = [[k, f"{v['ms']:.1f}", f"{v['pct']:.1f}"] for k, v in r["components"].items()]
+        return _table(rows, ["component", "ms", "%"]) + f"\nepisodes/s: {r['episodes_per_s']:.3f}"
+
+    _emit(report, args.json, text)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from refdet_core.speed.bench import run_bench
+
+    report = run_bench(presets=args.preset or ["seed", "fast"], options=args.option or [], episodes=args.episodes,
+                       repeats=args.repeats, params=args.params)
+
+    def text(r: dict[str, Any]) -> str:
+        rows = [[name, f"{p['episodes_per_s']:.3f}", f"{p['epoch_s_projected'] / 60:.1f}",
+                 f"{r['speedup'].get(name, float('nan')):.2f}x"] for name, p in r["presets"].items()]
+        return _table(rows, ["preset", "episodes/s", "epoch min (projected)", "vs seed"])
+
+    _emit(report, args.json, text)
+
+
+# ---------------------------------------------------------------- notebooks
+def cmd_run(args: argparse.Namespace) -> None:
+    from refdet_core.runner import run_notebooks
+
+    results = run_notebooks(args.notebooks or None, profile=args.profile, out_dir=args.out)
+    for r in results:
+        print(f"{r['notebook']}: ok in {r['seconds']:.0f} s -> {r['out_dir']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
+    p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="demo data and layout checks").add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("demo", help="write the demo set in the challenge layout")
+    d.add_argument("out")
+    d.add_argument("--videos", type=int, default=8)
+    d.add_argument("--frames", type=int, default=150)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_data_demo)
+    d = data.add_parser("check", help="validate a challenge layout and summarise it")
+    d.add_argument("root")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_check)
+
+    cache = sub.add_parser("cache", help="frame store").add_subparsers(dest="cache_command", required=True)
+    c = cache.add_parser("build", help="decode each video once into the frame store")
+    c.add_argument("root")
+    c.add_argument("--out", required=True)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("-p", "--params", help="params YAML (img_size, store_bg_share, store_format ...)")
+    c.add_argument("-c", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    c.set_defaults(func=cmd_cache_build)
+
+    c = sub.add_parser("params", help="parameter breakdown per module")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("-p", "--params", help="params YAML")
+    c.add_argument("-c", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    c.set_defaults(func=cmd_params)
+
+    c = sub.add_parser("train", help="train without a notebook (runs under torchrun too)")
+    c.add_argument("-p", "--params", required=True)
+    c.add_argument("-o", "--out", default=None)
+    c.add_argument("--resume", default=None, metavar="CKPT")
+    c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("predict", help="whole-video inference -> challenge submission")
+    c.add_argument("--data", required=True)
+    c.add_argument("--ckpt", required=True)
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("score", help="ST-IoU of a submission against annotations")
+    c.add_argument("--gt", required=True)
+    c.add_argument("--pred", required=True)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("profile", help="per-component timing of a full training step")
+    c.add_argument("-p", "--params", required=True)
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--steps", type=int, default=5)
+    c.add_argument("--warmup", type=int, default=2)
+    c.add_argument("--trace", default=None, help="write a torch.profiler trace to this file")
+    c.set_defaults(func=cmd_profile)
+
+    c = sub.add_parser("bench", help="side-by-side training throughput of presets and options")
+    c.add_argument("--preset", action="append", help="seed, fast, ... (repeatable)")
+    c.add_argument("--option", action="append", help="registry option on top of seed (repeatable)")
+    c.add_argument("--episodes", type=int, default=4, help="measured episodes per repeat")
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("run", help="run notebooks headless with papermill")
+    c.add_argument("notebooks", nargs="*", help="names like 01_data_cache (default: all)")
+    c.add_argument("--profile", default="demo", choices=["demo", "smoke", "full"])
+    c.add_argument("-o", "--out", default=None, help="run folder (default outputs/<profile>)")
+    c.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if os.environ.get("REFDET_DEBUG"):
+        args.func(args)
+        return 0
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("refdet: interrupted", file=sys.stderr)
+        return 130
+    except _user_error_types() as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, (FileNotFoundError, NotADirectoryError)) and getattr(err, "filename", None):
+            msg = f"{Path(err.filename)}: {err.strerror or 'not found'}"
+        print(f"refdet: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

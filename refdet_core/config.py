@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    root: str = "data/demo"  # challenge layout root: samples/<video_id>/..., annotations/annotations.json
+    data_root: str = "data/demo"  # challenge layout root: samples/<video_id>/..., annotations/annotations.json
     val_videos: tuple[str, ...] = ()  # explicit validation videos; empty = splits.json in root, else val_fraction
     val_fraction: float = 0.2  # share of videos held out for validation when no split is given
     split_seed: int = 42  # seed of the by-video split

@@ -1,0 +1,122 @@
+"""Checkpoints as a folder: ``model.safetensors`` + ``config.yaml`` + ``meta.json`` + ``state.pt``.
+
+``model.safetensors`` holds the weights; ``config.yaml`` the resolved config; ``meta.json`` what inference
+needs besides (base classes, epoch, metrics); ``state.pt`` the optimizer, scheduler, scaler and RNG states
+for an exact resume. The folder is written under a temporary name and renamed into place, so an
+interrupted run always leaves the last complete checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from refdet_core.config import RefDetConfig, atomic_write_json, load_config
+
+WEIGHTS = "model.safetensors"
+STATE = "state.pt"
+META = "meta.json"
+CONFIG = "config.yaml"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or does not fit the model."""
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RefDetConfig, meta: dict[str, Any],
+                    state: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint folder atomically (replacing an older one at ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        cfg.save(tmp / CONFIG)
+        atomic_write_json(tmp / META, meta)
+        if state is not None:
+            torch.save(state, tmp / STATE)
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _check_folder(path: Path) -> Path:
+    if path.is_file() and path.name == WEIGHTS:
+        path = path.parent
+    if not path.is_dir():
+        old = path.with_name(f".{path.name}.old")
+        if old.is_dir():  # a crash between the two renames of save_checkpoint
+            return old
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    for name in (WEIGHTS, CONFIG, META):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RefDetConfig, dict[str, Any]]:
+    """Weights, resolved config and meta of a checkpoint folder (or of its ``model.safetensors``)."""
+    path = _check_folder(Path(path))
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except Exception as err:  # safetensors raises several types for a corrupt file
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({err})") from None
+    cfg = load_config(path / CONFIG)
+    meta = json.loads((path / META).read_text())
+    return weights, cfg, meta
+
+
+def read_training_state(path: str | Path) -> dict[str, Any]:
+    path = _check_folder(Path(path))
+    if not (path / STATE).is_file():
+        raise CheckpointError(f"{path}: no {STATE}, cannot resume from a weights-only checkpoint")
+    return torch.load(path / STATE, map_location="cpu", weights_only=False)
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )

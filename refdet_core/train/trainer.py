@@ -1,0 +1,232 @@
+"""The training loop: plain, visible, in nanoGPT's order.
+
+autocast forward -> loss / grad_accum -> backward (scaled under fp16) -> [every grad_accum micro-steps]
+unscale -> finite check -> clip -> step -> scaler update -> scheduler step -> zero_grad.
+A non-finite loss or gradient skips the optimizer step, is counted, and stops training after
+``max_bad_steps`` in a row. Callbacks (``on_step_end``, ``on_epoch_end``) feed the notebook's plots; the
+trainer never draws.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from refdet_core.config import RefDetConfig, atomic_write_text
+from refdet_core.train import checkpoint as ckpt
+from refdet_core.train.optim import AUTOCAST_DTYPES, make_optimizer, make_scheduler, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on purpose (e.g. too many non-finite steps in a row); the message says why."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    skipped: int = 0  # optimizer steps skipped for non-finite loss or gradient
+    bad_in_row: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _finite(window: list[dict[str, torch.Tensor]]) -> bool:
+    return bool(torch.stack([torch.isfinite(w["loss"]) for w in window]).all())
+
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+class Trainer:
+    """Episodic trainer for ``RefDet``; works alone or under DistributedDataParallel.
+
+    Args:
+        model: the model (already on ``device``; wrapped in DDP by the caller when distributed).
+        loss_fn: ``CombinedLoss``: ``loss_fn(out, boxes, labels, base_labels, epoch=) -> (total, terms)``.
+        loader: yields ``EpisodeBatch``; its ``sampler.set_epoch`` (if any) is called every epoch.
+        cfg: the resolved config (train and speed sections are used here).
+        out_dir: checkpoints and ``history.csv`` go here (rank 0 only).
+        forward: ``forward(model, batch) -> HeadOutput``; defaults to ``model(batch.query, batch.support)``.
+    """
+
+    def __init__(self, *, model: nn.Module, loss_fn: Callable, loader: Iterable, cfg: RefDetConfig,
+                 device: torch.device, out_dir: str | Path | None = None, meta: dict[str, Any] | None = None,
+                 forward: Callable | None = None, rank: int = 0, world_size: int = 1,
+                 steps_per_epoch: int | None = None) -> None:
+        self.model, self.loss_fn, self.loader, self.cfg, self.device = model, loss_fn, loader, cfg, device
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.meta = dict(meta or {})
+        self.forward = forward or (lambda m, b: m(b.query, b.support))
+        self.rank, self.world_size = rank, world_size
+        tc = cfg.train
+        episodes = steps_per_epoch or cfg.data.episodes_per_epoch
+        self.steps_per_epoch = math.ceil(episodes / tc.grad_accum)
+        self.total_steps = self.steps_per_epoch * tc.epochs
+        self.precision = resolve_precision(cfg.speed, device)
+        self.optimizer = make_optimizer(model, tc, fused=cfg.speed.fused_adamw and device.type == "cuda")
+        self.scheduler = make_scheduler(self.optimizer, tc, self.total_steps)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.state = TrainState()
+        self.callbacks: dict[str, list[Callback]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ hooks
+    def add_callback(self, event: str, fn: Callback) -> None:
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str, info: dict[str, Any]) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, info)
+
+    # ------------------------------------------------------------------ one step
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _micro_step(self, batch: Any, epoch: int, last: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch = batch.to(self.device, non_blocking=True)
+        # under DDP, gradients are all-reduced only on the last micro-step of an accumulation window
+        sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+        with sync:
+            with self.autocast():
+                out = self.forward(self.model, batch)
+            total, terms = self.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=epoch)
+            self.scaler.scale(total / self.cfg.train.grad_accum).backward()
+        return total.detach(), terms
+
+    def _optimizer_step(self, loss_ok: bool) -> float:
+        """Unscale, check, clip and step; returns the gradient norm (inf/nan when skipped)."""
+        self.scaler.unscale_(self.optimizer)  # checks and clipping see true gradients
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip_norm)
+        grad_ok = bool(torch.isfinite(norm))  # note: a CPU-GPU sync point, once per optimizer step
+        if loss_ok and grad_ok:
+            self.scaler.step(self.optimizer)
+            self.state.bad_in_row = 0
+        else:
+            self.state.skipped += 1
+            self.state.bad_in_row += 1
+            reason = "loss" if not loss_ok else "gradient"
+            logger.warning("non-finite %s at step %d: optimizer step skipped", reason, self.state.step)
+            if self.state.bad_in_row >= self.cfg.train.max_bad_steps:
+                raise TrainingStopped(
+                    f"stopped after {self.state.bad_in_row} non-finite steps in a row (last: non-finite {reason} "
+                    f"at step {self.state.step}); lower lr or use fp32/bf16"
+                )
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        return float(norm)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        sampler = getattr(self.loader, "sampler", None) or getattr(self.loader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        accum, sums, count = self.cfg.train.grad_accum, defaultdict(float), 0
+        window: list[dict[str, torch.Tensor]] = []
+        start, wait_start, data_s = time.perf_counter(), time.perf_counter(), 0.0
+        for i, batch in enumerate(self.loader):
+            data_s += time.perf_counter() - wait_start
+            last = (i + 1) % accum == 0
+            total, terms = self._micro_step(batch, epoch, last)
+            window.append({"loss": total, **terms})
+            if last:
+                row = self._log_row(epoch, window, self._optimizer_step(_finite(window)))
+                for k, v in row.items():
+                    sums[k] += v
+                count += 1
+                window = []
+                self._fire("on_step_end", row)
+            wait_start = time.perf_counter()
+        if window:  # an incomplete accumulation window still updates the weights
+            row = self._log_row(epoch, window, self._optimizer_step(_finite(window)))
+            for k, v in row.items():
+                sums[k] += v
+            count += 1
+        seconds = time.perf_counter() - start
+        episodes = (i + 1) if count else 0
+        summary = {k: v / max(count, 1) for k, v in sums.items() if k not in ("epoch", "step")}
+        summary.update(epoch=epoch, seconds=seconds, episodes=episodes * self.world_size,
+                       episodes_per_s=episodes * self.world_size / max(seconds, 1e-9), data_wait_s=data_s)
+        return summary
+
+    def _log_row(self, epoch: int, window: list[dict[str, torch.Tensor]], grad_norm: float) -> dict[str, float]:
+        """Mean of the window's terms as floats (one sync per optimizer step, never tensors kept)."""
+        row: dict[str, float] = {"epoch": epoch, "step": self.state.step}
+        for key in window[0]:
+            row[key] = float(torch.stack([w[key].float() for w in window]).mean())
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["grad_norm"] = grad_norm
+        if self.state.step % self.cfg.train.log_every == 0:
+            self.state.history.append(row)
+        return row
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> pd.DataFrame:
+        """Train from ``state.epoch`` to ``cfg.train.epochs``; returns the history."""
+        epochs = self.cfg.train.epochs
+        bar = tqdm(range(self.state.epoch, epochs), desc="epochs", disable=self.rank != 0, initial=self.state.epoch,
+                   total=epochs)
+        for epoch in bar:
+            summary = self.train_one_epoch(epoch)
+            self.state.epoch = epoch + 1
+            bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.3f}", eps=f"{summary['episodes_per_s']:.2f}")
+            if self.rank == 0 and self.out_dir is not None:
+                self.write_history()
+                if self.state.epoch % self.cfg.train.checkpoint_every == 0 or self.state.epoch == epochs:
+                    self.save(self.out_dir / "checkpoint")
+            self._fire("on_epoch_end", summary)
+        return self.history_frame()
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.state.history)
+
+    def write_history(self) -> Path:
+        assert self.out_dir is not None
+        path = self.out_dir / "history.csv"
+        atomic_write_text(path, self.history_frame().to_csv(index=False))
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, path: str | Path) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "trainer": {"epoch": self.state.epoch, "step": self.state.step, "skipped": self.state.skipped},
+            "history": self.state.history,
+        }
+        meta = {**self.meta, "epoch": self.state.epoch, "step": self.state.step, "precision": self.precision}
+        return ckpt.save_checkpoint(path, model=self.model, cfg=self.cfg, meta=meta, state=state)
+
+    def resume(self, path: str | Path) -> None:
+        """Continue exactly where the checkpoint at ``path`` left off."""
+        weights, _, _ = ckpt.read_checkpoint(path)
+        state = ckpt.read_training_state(path)
+        ckpt.load_weights(self.model, weights, source=str(path))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        t = state["trainer"]
+        self.state = TrainState(epoch=t["epoch"], step=t["step"], skipped=t["skipped"], history=list(state["history"]))
+        logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
