@@ -1,0 +1,168 @@
+"""Assemble a training run from a config: data, model, loss, trainer; alone or under torchrun (DDP)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from refdet_core.config import FLAT_KEYS, ConfigError, RefDetConfig, atomic_write_json, config_from_dict, read_yaml
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) when run alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"key 'device' is {name!r} but CUDA is not available here")
+    return torch.device(name)
+
+
+def base_classes_of(layout: Any, video_ids: list[str]) -> list[str]:
+    """Object types of the training videos (``Backpack_0`` -> ``Backpack``), sorted."""
+    return sorted({layout.videos[v].base_class for v in video_ids})
+
+
+def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) -> None:
+    """Settings that cannot work with this data fail here, before any model or store is built."""
+    if cfg.data.n_way > len(train_ids):
+        raise ConfigError(
+            f"{source}: key 'n_way' is {cfg.data.n_way} but there are only {len(train_ids)} training videos"
+        )
+    from refdet_core.models.refdet import validate_model_config
+
+    validate_model_config(cfg.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size)
+    if cfg.data.store_dir:
+        index = Path(cfg.data.store_dir) / "index.json"
+        if index.is_file():
+            built = json.loads(index.read_text()).get("img_size")
+            if built is not None and built != cfg.data.img_size and cfg.data.loader == "store":
+                raise ConfigError(
+                    f"{index}: frame store built for img_size {built}, config asks for {cfg.data.img_size} "
+                    "(rebuild it with `refdet cache build` or set store_dir to a new folder)"
+                )
+
+
+@dataclass
+class TrainingSetup:
+    cfg: RefDetConfig
+    layout: Any
+    train_ids: list[str]
+    val_ids: list[str]
+    base_classes: list[str]
+    source: Any
+    model: torch.nn.Module
+    trainer: Any
+
+
+def build_training(cfg: RefDetConfig, *, out_dir: str | Path | None, source_name: str = "config",
+                   rank: int = 0, world_size: int = 1, local_rank: int = 0, progress: bool = True) -> TrainingSetup:
+    from refdet_core.data.episodes import make_loader, make_source
+    from refdet_core.data.layout import read_layout
+    from refdet_core.losses.combined import CombinedLoss
+    from refdet_core.models.refdet import RefDet
+    from refdet_core.train.support_cache import make_forward
+    from refdet_core.train.trainer import Trainer
+
+    layout = read_layout(cfg.data.data_root)
+    train_ids, val_ids = layout.split(cfg.data)
+    check_training_config(cfg, train_ids, source_name)
+    device = pick_device(cfg.train.device, local_rank)
+    seed_everything(cfg.train.seed)
+    base_classes = base_classes_of(layout, train_ids)
+    source = make_source(layout, cfg, progress=progress and rank == 0)
+    loader = make_loader(layout, source, train_ids, cfg, train=True, base_classes=base_classes,
+                         rank=rank, world_size=world_size)
+    model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(base_classes)).to(device)
+    if cfg.speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model
+    if world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    loss_fn = CombinedLoss(cfg.loss, stage=cfg.train.stage, reg_max=cfg.model.reg_max)
+    meta = {
+        "base_classes": base_classes,
+        "train_videos": train_ids,
+        "val_videos": val_ids,
+        "encoder_weights": getattr(model.support_encoder, "pretrained_source", "unknown"),
+        "world_size": world_size,
+    }
+    trainer = Trainer(model=net, loss_fn=loss_fn, loader=loader, cfg=cfg, device=device, out_dir=out_dir,
+                      meta=meta, forward=make_forward(model, cfg), rank=rank, world_size=world_size,
+                      steps_per_epoch=len(loader))
+    return TrainingSetup(cfg, layout, train_ids, val_ids, base_classes, source, model, trainer)
+
+
+def _params_config(path: str | Path) -> RefDetConfig:
+    """Config keys of a params YAML; other keys must be parameters of notebook 05 (e.g. ``run_dir``)."""
+    data = read_yaml(path)
+    try:
+        from refdet_core.notebook import declared_params
+
+        notebook_keys = set(declared_params("05_train_stage2")) - FLAT_KEYS
+    except FileNotFoundError:
+        notebook_keys = set()
+    return config_from_dict({k: v for k, v in data.items() if k not in notebook_keys}, source=str(path))
+
+
+def ranks_in_sync(model: torch.nn.Module) -> bool:
+    """Every rank holds the same weights (max - min of a parameter checksum over ranks is 0)."""
+    total = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    hi, lo = total.clone(), total.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return bool((hi - lo).abs().item() <= 1e-6 * max(1.0, total.abs().item()))
+
+
+def train_from_params(params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
+                      ) -> dict[str, Any] | None:
+    """``refdet train``: train from a params YAML; under torchrun each rank runs this."""
+    cfg = _params_config(params)
+    rank, world_size, local_rank = distributed_env()
+    if world_size > 1:
+        backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    out = Path(out_dir or Path("outputs") / "train")
+    try:
+        setup = build_training(cfg, out_dir=out, source_name=str(params), rank=rank, world_size=world_size,
+                               local_rank=local_rank)
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            cfg.save(out / "config.yaml")
+        if resume:
+            setup.trainer.resume(resume)
+        history = setup.trainer.fit()
+        result = {"out_dir": str(out), "epochs": setup.trainer.state.epoch, "steps": setup.trainer.state.step,
+                  "skipped_steps": setup.trainer.state.skipped, "world_size": world_size,
+                  "final_loss": float(history["loss"].iloc[-1]) if len(history) else None}
+        if world_size > 1:
+            result["ranks_in_sync"] = ranks_in_sync(setup.model)
+        if rank == 0:
+            atomic_write_json(out / "train_result.json", result)
+            return result
+        return None
+    finally:
+        if world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()

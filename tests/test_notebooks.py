@@ -1,0 +1,92 @@
+"""Notebook hygiene, params files, and a papermill run of every notebook on the smoke profile."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+import yaml
+
+from refdet_core.runner import NOTEBOOKS, PROFILES, NotebookError, run_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "notebooks"
+PRESENT = [n for n in NOTEBOOKS if (NB_DIR / f"{n}.ipynb").exists()]
+
+
+def test_notebooks_exist():
+    assert PRESENT == sorted(p.stem for p in NB_DIR.glob("*.ipynb"))
+    assert "01_data_cache" in PRESENT
+
+
+@pytest.mark.parametrize("name", PRESENT)
+def test_notebook_committed_without_outputs(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["language_info"]["name"] == "python"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for cell in code:
+        assert cell.outputs == [], f"{name}: a cell has outputs; strip them before committing"
+        assert cell.execution_count is None, f"{name}: a cell has an execution count"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{name}: needs exactly one cell tagged 'parameters'"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("name", PRESENT)
+def test_params_files_match_parameters_cell(name, profile):
+    path = ROOT / "params" / profile / f"{name}.yaml"
+    assert path.is_file(), f"missing {path}"
+    declared = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    keys = set(yaml.safe_load(path.read_text()) or {})
+    assert keys <= set(declared), f"{path}: keys not in the parameters cell: {sorted(keys - set(declared))}"
+
+
+def test_unknown_params_key_is_named(tmp_path, monkeypatch):
+    fake = tmp_path / "repo"
+    (fake / "notebooks").mkdir(parents=True)
+    (fake / "params" / "smoke").mkdir(parents=True)
+    nb = nbformat.read(NB_DIR / "01_data_cache.ipynb", as_version=4)
+    nbformat.write(nb, fake / "notebooks" / "01_data_cache.ipynb")
+    (fake / "params" / "smoke" / "01_data_cache.yaml").write_text("img_size: 64\nimg_sise: 64\n")
+    monkeypatch.chdir(fake)
+    with pytest.raises(NotebookError, match=r"01_data_cache.yaml: unknown key 'img_sise'"):
+        run_notebooks(["01"], profile="smoke", out_dir=tmp_path / "out")
+
+
+def test_unknown_notebook_and_profile():
+    with pytest.raises(NotebookError, match="unknown notebook"):
+        run_notebooks(["99_nothing"], profile="smoke")
+    with pytest.raises(NotebookError, match="unknown profile"):
+        run_notebooks(["01"], profile="huge")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Every notebook, in order, on the smoke profile (they read each other's files)."""
+    out = tmp_path_factory.mktemp("smoke_run")
+    results = run_notebooks(None, profile="smoke", out_dir=out)
+    return out, results
+
+
+@pytest.mark.slow
+def test_smoke_run_all_notebooks(smoke_run):
+    out, results = smoke_run
+    assert [r["notebook"] for r in results] == PRESENT
+    for name in PRESENT:
+        folder = out / name
+        assert (folder / f"{name}.ipynb").is_file()
+        assert (folder / "params.yaml").is_file() and (folder / "config.yaml").is_file()
+        assert (folder / "metrics.json").is_file(), f"{name} wrote no metrics.json"
+        assert list(folder.glob("*.png")), f"{name} wrote no figures"
+
+
+@pytest.mark.slow
+def test_smoke_01_metrics(smoke_run):
+    out, _ = smoke_run
+    m = json.loads((out / "01_data_cache" / "metrics.json").read_text())
+    assert m["videos"] == 4 and m["annotated_frames"] > 0
+    assert m["seek_ms_per_sample"] > 0 and m["store_ms_per_sample"] > 0
+    assert m["store_speedup_vs_seek"] == pytest.approx(m["seek_ms_per_sample"] / m["store_ms_per_sample"])
+    assert len(m["hit_rate_per_epoch"]) == 2 and all(0 <= h <= 1 for h in m["hit_rate_per_epoch"])
