@@ -1,0 +1,368 @@
+"""The embedded demo data set: a small, learnable version of the task in the challenge layout.
+
+Each video is a camera flying slowly over a procedural landscape (fields, roads, trees, roofs) while
+zooming gently. One target instance is visible in one or more intervals and absent in between; other
+instances (of the same kind and of other kinds, in other colours) share the frames as distractors. Three
+reference photos show the target "from the ground": larger, rotated, foreshortened, under other light, on
+an indoor background. A few videos never show their target. ``splits.json`` holds out videos whose target
+instances appear nowhere in the training videos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from refdet_core.config import atomic_write_bytes, atomic_write_json
+from refdet_core.data.demo_draw import (
+    KINDS,
+    PALETTE,
+    PATTERNS,
+    SECONDARY,
+    Look,
+    aerial_canvas,
+    draw_sprite,
+    paste,
+    reference_image,
+    rotate_crop,
+)
+
+MARKER = "demo.json"  # marks a folder as a demo set, which write_demo may replace
+CANVAS = 2.2  # landscape size as a multiple of the frame size
+ZOOM = (0.86, 1.18)  # camera view size as a multiple of the frame size
+TARGET_PX = (22.0, 36.0)  # target long side at zoom 1 in a 640x360 frame (18-45 px over the zoom range)
+
+
+class DemoError(ValueError):
+    """write_demo refuses: bad arguments, or an output folder that is not a demo set."""
+
+
+@dataclass
+class _Obj:
+    sprite: np.ndarray  # tight RGBA, rotated to its heading on the ground
+    size: float  # long side in landscape px
+    x: float  # landscape position at frame t0
+    y: float
+    vx: float = 0.0  # drift, landscape px per frame
+    vy: float = 0.0
+    t0: int = 0
+    span: tuple[int, int] | None = None  # frames [start, end) it is on the ground; None = always
+
+
+@dataclass
+class _Camera:
+    cx: float
+    cy: float
+    ax: float
+    ay: float
+    phase: np.ndarray  # (3,) x, y, zoom
+    period: np.ndarray  # (3,) frames per cycle
+
+    def at(self, t: int) -> tuple[float, float, float]:
+        """(centre x, centre y, zoom) at frame t; zoom = view size / frame size."""
+        w = np.sin(2 * np.pi * t / self.period + self.phase)
+        zoom = (ZOOM[0] + ZOOM[1]) / 2 + (ZOOM[1] - ZOOM[0]) / 2 * w[2]
+        return self.cx + self.ax * w[0], self.cy + self.ay * w[1], float(zoom)
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def _assign(videos: int, seed: int) -> tuple[list[str], dict[str, Look], list[str], list[str]]:
+    """Video ids, target looks, validation ids and the ids whose target never appears."""
+    rng = np.random.default_rng([seed, 7919])
+    ids = [f"{KINDS[i % len(KINDS)]}_{i // len(KINDS)}" for i in range(videos)]
+    looks: dict[str, Look] = {}
+    for vid in ids:
+        kind = vid.rsplit("_", 1)[0]
+        used = {lk.primary for lk in looks.values() if lk.kind == kind}
+        primary = str(rng.choice([c for c in PALETTE if c not in used]))
+        secondary = str(rng.choice([c for c in SECONDARY if c != primary]))
+        looks[vid] = Look(kind, primary, secondary, str(rng.choice(PATTERNS)))
+    n_val = max(1, round(videos * 0.25)) if videos >= 2 else 0
+    order = [ids[i] for i in rng.permutation(videos)]
+    val = sorted(order[:n_val], key=ids.index)
+    train = [v for v in ids if v not in val]
+    empty = [train[-1]] if videos >= 3 else []
+    if videos >= 8:
+        empty.append(val[-1])
+    return ids, looks, val, empty
+
+
+def _distractor_look(rng: np.random.Generator, kind: str, target: Look, taken: set[tuple[str, str]]) -> Look:
+    """Another instance: none of its colours is the target's main colour; never a target instance of the set."""
+    choices = [c for c in PALETTE if c not in (target.primary, target.secondary) and (kind, c) not in taken]
+    primary = str(rng.choice(choices))
+    secondary = str(rng.choice([c for c in SECONDARY if c not in (primary, target.primary)]))
+    return Look(kind, primary, secondary, str(rng.choice(PATTERNS)))
+
+
+def _intervals(rng: np.random.Generator, frames: int, n: int) -> list[tuple[int, int]]:
+    """n visible intervals [start, end), separated by absent frames."""
+    n = max(1, min(n, frames // 12))
+    slot = frames / n
+    spans = []
+    for i in range(n):
+        length = max(4, int(slot * rng.uniform(0.4, 0.65)))
+        lo, hi = int(i * slot) + 1, int((i + 1) * slot) - length - 1
+        start = int(rng.integers(lo, max(hi, lo) + 1))
+        spans.append((start, min(start + length, frames)))
+    return spans
+
+
+def _camera(rng: np.random.Generator, width: int, height: int) -> _Camera:
+    cw, ch = CANVAS * width, CANVAS * height
+    return _Camera(
+        cx=cw / 2,
+        cy=ch / 2,
+        ax=(cw - ZOOM[1] * width) / 2 - 4,
+        ay=(ch - ZOOM[1] * height) / 2 - 4,
+        phase=rng.uniform(0, 2 * np.pi, 3),
+        period=rng.uniform([360, 300, 200], [560, 480, 320]),
+    )
+
+
+def _near(
+    rng: np.random.Generator, cam: _Camera, t: int, spread: float, width: int, height: int
+) -> tuple[float, float]:
+    cx, cy, zoom = cam.at(t)
+    return cx + rng.uniform(-spread, spread) * width * zoom, cy + rng.uniform(-spread, spread) * height * zoom
+
+
+def _objects(rng: np.random.Generator, plan: dict[str, Any], taken: set[tuple[str, str]]) -> tuple[list, list]:
+    """The target (one object per visible interval) and the distractors, in landscape coordinates."""
+    cam, frames, width, height = plan["camera"], plan["frames"], plan["width"], plan["height"]
+    look, unit = plan["look"], min(width / 640, height / 360)
+    sprite = rotate_crop(draw_sprite(look), float(rng.uniform(0, 360)))
+    size = max(rng.uniform(*TARGET_PX) * unit, 9.0)
+    targets, distractors = [], []
+    kinds = [look.kind] + [str(k) for k in rng.choice(KINDS, 3 + frames // 40)]
+    for i, kind in enumerate(kinds):  # spread over the flight, the first one of the target's own kind
+        t = int(rng.integers(0, frames))
+        x, y = _near(rng, cam, t, 0.35, width, height)
+        dlook = _distractor_look(rng, kind, look, taken)
+        dsize = max(rng.uniform(0.7, 1.3) * TARGET_PX[i % 2] * unit, 9.0)
+        distractors.append(_Obj(rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360))), dsize, x, y, t0=t))
+    for start, end in plan["spans"]:
+        x, y = _near(rng, cam, (start + end) // 2, 0.2, width, height)
+        v = rng.uniform(-0.25, 0.25, 2) * unit
+        targets.append(_Obj(sprite, size, x, y, float(v[0]), float(v[1]), (start + end) // 2, (start, end)))
+        for _ in range(int(rng.integers(1, 3))):  # confusers close to the target, in the same frames
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(2.5, 5.0) * size
+            kind = look.kind if rng.random() < 0.5 else str(rng.choice(KINDS))
+            dlook = _distractor_look(rng, kind, look, taken)
+            dsprite = rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360)))
+            dsize = size * rng.uniform(0.8, 1.25)
+            distractors.append(_Obj(dsprite, dsize, x + dist * np.cos(ang), y + dist * np.sin(ang), t0=start))
+    return targets, distractors
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def _draw(frame: np.ndarray, obj: _Obj, t: int, origin: tuple[float, float], zoom: float) -> tuple | None:
+    if obj.span is not None and not obj.span[0] <= t < obj.span[1]:
+        return None
+    fx = (obj.x + obj.vx * (t - obj.t0) - origin[0]) / zoom
+    fy = (obj.y + obj.vy * (t - obj.t0) - origin[1]) / zoom
+    size = obj.size / zoom
+    h, w = frame.shape[:2]
+    if fx < -size or fy < -size or fx > w + size or fy > h + size:
+        return None
+    return paste(frame, obj.sprite, fx, fy, size)
+
+
+def _render(
+    path: Path,
+    plan: dict[str, Any],
+    targets: list[_Obj],
+    distractors: list[_Obj],
+    canvas: np.ndarray,
+    noise: list[np.ndarray],
+) -> dict[int, tuple[int, int, int, int]]:
+    """Write the video; returns the target's tight box per frame where it is visible."""
+    width, height, cam = plan["width"], plan["height"], plan["camera"]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), plan["fps"], (width, height))
+    if not writer.isOpened():
+        raise DemoError(f"{path}: OpenCV cannot write mp4v video here")
+    boxes = {}
+    try:
+        for t in range(plan["frames"]):
+            cx, cy, zoom = cam.at(t)
+            origin = (cx - width * zoom / 2, cy - height * zoom / 2)
+            m = np.float32([[1 / zoom, 0, -origin[0] / zoom], [0, 1 / zoom, -origin[1] / zoom]])
+            frame = cv2.warpAffine(canvas, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            for obj in distractors:
+                _draw(frame, obj, t, origin, zoom)
+            for obj in targets:  # drawn last: never hidden, so its box is the tight visible box
+                box = _draw(frame, obj, t, origin, zoom)
+                if box is not None:
+                    boxes[t] = box
+            frame = cv2.subtract(cv2.add(frame, noise[t % len(noise)][0]), noise[t % len(noise)][1])
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    _verify(path, plan["frames"])
+    return boxes
+
+
+def _verify(path: Path, frames: int) -> None:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    if n != frames:
+        raise DemoError(f"{path}: wrote {frames} frames but {n} decode")
+
+
+def _groups(boxes: dict[int, tuple[int, ...]], spans: list[tuple[int, int]]) -> list[dict[str, list]]:
+    """One annotation group per run of consecutive visible frames (within each planned interval)."""
+    groups: list[list[dict[str, int]]] = []
+    for start, end in spans:
+        prev = None
+        for t in range(start, end):
+            if t not in boxes:
+                continue
+            if prev is None or t != prev + 1:
+                groups.append([])
+            x1, y1, x2, y2 = boxes[t]
+            groups[-1].append({"frame": t, "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+            prev = t
+    return [{"bboxes": g} for g in groups]
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Write one sample folder (references + video); returns its annotation entry."""
+    rng = np.random.default_rng([ctx["seed"], index])
+    width, height, frames = ctx["width"], ctx["height"], ctx["frames"]
+    empty = vid in ctx["empty"]
+    plan = {
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "fps": ctx["fps"],
+        "look": ctx["looks"][vid],
+        "camera": _camera(rng, width, height),
+        "spans": [] if empty else _intervals(rng, frames, (2, 1, 3)[index % 3]),
+    }
+    targets, distractors = _objects(rng, plan, ctx["taken"])
+    canvas = aerial_canvas(rng, int(CANVAS * width), int(CANVAS * height))
+    noise = [np.abs(rng.normal(0, 3, (2, height, width, 3))).astype(np.uint8) for _ in range(3)]
+    refs = folder / "object_images"
+    refs.mkdir(parents=True)
+    for k in range(3):
+        img = reference_image(rng, plan["look"])
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        assert ok, "JPEG encoding failed"
+        atomic_write_bytes(refs / f"img_{k + 1}.jpg", buf.tobytes())
+    boxes = _render(folder / "drone_video.mp4", plan, targets, distractors, canvas, noise)
+    return {"video_id": vid, "annotations": _groups(boxes, plan["spans"])}
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoError(f"{out}: folder is not empty and is not a demo set (no {MARKER}); refusing to overwrite it")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Swap the finished set in: the old demo set (if any) goes only after the new one is complete."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary(entries: list[dict[str, Any]], looks: dict[str, Look], val: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        e["video_id"]: {
+            "kind": looks[e["video_id"]].kind,
+            "split": "val" if e["video_id"] in val else "train",
+            "intervals": len(e["annotations"]),
+            "annotated_frames": sum(len(g["bboxes"]) for g in e["annotations"]),
+        }
+        for e in entries
+    }
+
+
+def write_demo(
+    out: str | Path,
+    *,
+    videos: int = 8,
+    frames: int = 150,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 360,
+    fps: int = 25,
+) -> dict[str, Any]:
+    """Write the demo set in the challenge layout at ``out`` (plus ``splits.json`` and ``demo.json``).
+
+    Deterministic per arguments. ``out`` must be missing, empty or an earlier demo set (which is replaced).
+    Returns a summary: ``{"root", "train", "val", "empty", "videos": {id: {...}}}``.
+    """
+    if videos < 1 or frames < 12 or width < 64 or height < 64 or fps <= 0:
+        raise DemoError(
+            f"write_demo: need videos >= 1, frames >= 12, width/height >= 64, fps > 0; got "
+            f"videos={videos} frames={frames} width={width} height={height} fps={fps}"
+        )
+    out = Path(out)
+    _check_out(out)
+    ids, looks, val, empty = _assign(videos, seed)
+    ctx = {
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "frames": frames,
+        "fps": fps,
+        "looks": looks,
+        "empty": empty,
+        "taken": {(lk.kind, lk.primary) for lk in looks.values()},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        entries = [
+            _write_sample(tmp / "samples" / vid, vid, i, ctx)
+            for i, vid in enumerate(tqdm(ids, desc="demo videos", disable=None, leave=False))
+        ]
+        atomic_write_json(tmp / "annotations" / "annotations.json", entries)
+        train = [v for v in ids if v not in val]
+        atomic_write_json(tmp / "splits.json", {"train": train, "val": val})
+        params = {"videos": videos, "frames": frames, "seed": seed, "width": width, "height": height, "fps": fps}
+        atomic_write_json(
+            tmp / MARKER,
+            {
+                "generator": __name__,
+                "params": params,
+                "empty": empty,
+                "looks": {v: vars(lk) for v, lk in looks.items()},
+            },
+        )
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"root": str(out), "train": train, "val": val, "empty": empty, "videos": _summary(entries, looks, val)}
+
+
+def read_demo_marker(root: str | Path) -> dict[str, Any]:
+    """The ``demo.json`` of a demo set: the arguments it was written with, empty videos and looks."""
+    return json.loads((Path(root) / MARKER).read_text())
