@@ -1,0 +1,147 @@
+"""RefDet: support encoder -> prototypes; query -> YOLOv8n P2-P5 -> fusion -> dual head (DESIGN.md section 4).
+
+``prepare_query`` and ``prepare_support`` are the only places where images are normalised (the ImageNet
+mean/std of the support path is applied inside the support encoder, on top of ``prepare_support``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from refdet_core.config import ModelConfig
+from refdet_core.models.backbone import YoloBackbone, load_ultralytics_state_dict, read_ultralytics_file, scale_channels
+from refdet_core.models.fusion import FUSION
+from refdet_core.models.head import HEAD_MODES, DualHead, HeadOutput
+from refdet_core.models.support_encoder import ENCODERS, Prototypes, SupportEncoder
+
+log = logging.getLogger(__name__)
+
+QUERY_STRIDE = 32  # the query size must be a multiple of the coarsest stride
+
+
+def validate_model_names(cfg: ModelConfig) -> None:
+    """Unknown encoder / fusion / head mode -> ValueError naming the valid choices (before any weights exist)."""
+    choices = {"encoder": (cfg.encoder, tuple(ENCODERS)), "fusion": (cfg.fusion, tuple(FUSION))}
+    choices["head_mode"] = (cfg.head_mode, HEAD_MODES)
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise ValueError(f"unknown {key} {value!r}; choose one of {', '.join(valid)}")
+    if len(cfg.proto_dims) != 4:
+        raise ValueError(f"proto_dims needs 4 values (P2..P5), got {list(cfg.proto_dims)}")
+    if cfg.encoder_patch not in (16, 32):
+        raise ValueError(f"encoder_patch {cfg.encoder_patch} not supported; choose 16 (native) or 32 (resampled)")
+
+
+def validate_model_config(cfg: ModelConfig, *, img_size: int, support_size: int) -> None:
+    """Names as ``validate_model_names``; sizes: query a multiple of 32, support a multiple of the patch."""
+    validate_model_names(cfg)
+    if img_size <= 0 or img_size % QUERY_STRIDE:
+        raise ValueError(f"img_size {img_size} must be a positive multiple of {QUERY_STRIDE} (the P5 stride)")
+    if support_size <= 0 or support_size % cfg.encoder_patch:
+        raise ValueError(
+            f"support_size {support_size} must be a positive multiple of the encoder patch {cfg.encoder_patch}"
+        )
+
+
+def _to_unit_float(x: torch.Tensor, what: str) -> torch.Tensor:
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    assert x.is_floating_point(), f"{what} must be uint8 (0..255) or float in [0, 1], got {x.dtype}"
+    return x
+
+
+def prepare_query(x: torch.Tensor) -> torch.Tensor:
+    """Query frames (B, 3, S, S): uint8 -> float / 255 (YOLOv8's convention); float in [0, 1] passes."""
+    assert x.dim() == 4 and x.shape[1] == 3, f"query must be (B, 3, S, S), got {tuple(x.shape)}"
+    assert x.shape[-1] % QUERY_STRIDE == 0 and x.shape[-2] % QUERY_STRIDE == 0, (
+        f"query size {tuple(x.shape[-2:])} must be a multiple of {QUERY_STRIDE}"
+    )
+    return _to_unit_float(x, "query")
+
+
+def prepare_support(x: torch.Tensor) -> torch.Tensor:
+    """Reference images (N, K, 3, S, S): uint8 -> float / 255; float in [0, 1] passes (ImageNet stats: encoder)."""
+    assert x.dim() == 5 and x.shape[2] == 3, f"support must be (N, K, 3, S, S), got {tuple(x.shape)}"
+    return _to_unit_float(x, "support")
+
+
+class RefDet(nn.Module):
+    """YOLOv8n-RefDet.
+
+    Args:
+        cfg: the model section of the config.
+        num_base_classes: classes of the standard head (object types); may be 0 in ``prototype`` mode.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, num_base_classes: int) -> None:
+        super().__init__()
+        validate_model_names(cfg)
+        if cfg.head_mode != "prototype" and num_base_classes < 1:
+            raise ValueError(f"head_mode {cfg.head_mode!r} needs num_base_classes >= 1, got {num_base_classes}")
+        self.cfg = cfg
+        dims = tuple(cfg.proto_dims) if cfg.use_p2 else tuple(cfg.proto_dims[1:])
+        self.support_encoder = SupportEncoder(
+            name=cfg.encoder,
+            proto_dims=dims,
+            weights=cfg.encoder_weights,
+            encoder_kwargs=cfg.encoder_kwargs,
+            patch=cfg.encoder_patch,
+            trainable_blocks=cfg.trainable_blocks,
+            int8=cfg.int8_encoder,
+        )
+        self.backbone = YoloBackbone(width=cfg.width, depth=cfg.depth, use_p2=cfg.use_p2)
+        if cfg.backbone_weights:
+            load_ultralytics_state_dict(self.backbone, read_ultralytics_file(cfg.backbone_weights))
+        self.fusion = FUSION[cfg.fusion](in_channels=self.backbone.out_channels, proto_dims=dims)
+        self.head = DualHead(
+            in_channels=self.fusion.out_channels,
+            proto_dims=dims,
+            strides=self.backbone.strides,
+            num_classes=num_base_classes,
+            reg_max=cfg.reg_max,
+            mode=cfg.head_mode,
+            hidden=4 * scale_channels(128, cfg.width),  # the fused P2 width, also when P2 is off
+        )
+        self._cache: Prototypes | None = None
+
+    def encode_support(self, support: torch.Tensor) -> Prototypes:
+        """(N, K, 3, Ss, Ss) uint8 or float -> Prototypes, per_scale (N, D_s); gradients reach trainable parts."""
+        return self.support_encoder(prepare_support(support))
+
+    def forward_features(self, query: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, S, S) uint8 or float -> per scale (B, C_s, S / stride_s, S / stride_s), P2..P5 or P3..P5."""
+        return self.backbone(prepare_query(query))
+
+    def forward(
+        self, query: torch.Tensor, support: torch.Tensor | None = None, *, use_cache: bool = False
+    ) -> HeadOutput:
+        """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``."""
+        prototypes = self._prototypes(support, use_cache)  # per scale (N, D_s), None in standard mode
+        feats = self.forward_features(query)
+        fused = self.fusion(feats, prototypes)
+        return self.head(fused, prototypes)
+
+    def _prototypes(self, support: torch.Tensor | None, use_cache: bool) -> list[torch.Tensor] | None:
+        if self.head.mode == "standard":
+            return None
+        if use_cache:
+            if support is not None:
+                raise ValueError("pass either support images or use_cache=True, not both")
+            if self._cache is None:
+                raise RuntimeError("use_cache=True but no references are cached; call set_reference_images first")
+            return self._cache.per_scale
+        if support is None:
+            raise ValueError(f"head_mode {self.head.mode!r} needs support images (or use_cache=True)")
+        return self.encode_support(support).per_scale
+
+    @torch.no_grad()
+    def set_reference_images(self, support: torch.Tensor) -> Prototypes:
+        """Encode (N, K, 3, Ss, Ss) references once (no gradients) for later ``forward(..., use_cache=True)``."""
+        self._cache = self.encode_support(support).detach()
+        return self._cache
+
+    def clear_cache(self) -> None:
+        self._cache = None

@@ -1,0 +1,214 @@
+"""DINOv3 support encoder (timm): reference images -> per-scale prototypes.
+
+The encoder is split in two so a support-feature cache can store the frozen part:
+``forward_frozen`` (ImageNet normalisation, patch embedding, prefix tokens, frozen blocks; no gradients) and
+``forward_trainable`` (the last ``trainable_blocks`` blocks and the final norm). Per-scale projections map
+[CLS, mean patch token] to the prototype dims; the mean over the K references keeps gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ENCODERS: dict[str, int] = {  # timm name -> native patch size
+    "vit_small_patch16_dinov3": 16,
+    "vit_small_plus_patch16_dinov3": 16,
+    "vit_tiny_patch16_dinov3_qkvb": 16,
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SHAPE_KWARGS_SAFE = {"img_size", "drop_path_rate"}  # encoder_kwargs that keep pretrained weights loadable
+
+
+@dataclass
+class Prototypes:
+    """Prototypes of the N episode videos: ``per_scale[s]`` is (N, D_s), P2..P5 (or P3..P5)."""
+
+    per_scale: list[torch.Tensor]
+
+    @property
+    def n(self) -> int:
+        return self.per_scale[0].shape[0]
+
+    def detach(self) -> Prototypes:
+        return Prototypes([p.detach() for p in self.per_scale])
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pth``/``.pt`` file (a state dict, maybe under model/state_dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model_ema", "model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+def cached_weights_path(name: str) -> str | None:
+    """Path of the timm weights for ``name`` in the local Hugging Face cache, or None. Never downloads."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if not hub_id:
+        return None
+    found = try_to_load_from_cache(hub_id, "model.safetensors")
+    return found if isinstance(found, str) else None
+
+
+class SupportEncoder(nn.Module):
+    """DINOv3 ViT + per-scale prototype projections.
+
+    Args:
+        name: timm model name (a key of ``ENCODERS``).
+        proto_dims: prototype dim per scale, e.g. (32, 64, 128, 256).
+        weights: local weights file; "" = timm cache when present, else random init (warned).
+        encoder_kwargs: passed to ``timm.create_model`` (tests shrink the model: depth, embed_dim, ...).
+        patch: patch size; differs from the native one -> the patch embedding is resampled.
+        trainable_blocks: last blocks that train (0 = encoder frozen; projections always train).
+        int8: INT8 dynamic quantization of the frozen blocks' Linear layers (CPU only).
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str = "vit_small_patch16_dinov3",
+        proto_dims: tuple[int, ...] = (32, 64, 128, 256),
+        weights: str = "",
+        encoder_kwargs: dict[str, Any] | None = None,
+        patch: int = 16,
+        trainable_blocks: int = 0,
+        int8: bool = False,
+    ) -> None:
+        super().__init__()
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+        kwargs = {"img_size": 256, **(encoder_kwargs or {})}
+        self.model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        self.pretrained_source = self._load_weights(name, weights, kwargs)
+        if patch != ENCODERS[name]:
+            self.model.set_input_size(patch_size=(patch, patch))
+        self.patch = patch
+        depth = len(self.model.blocks)
+        if not 0 <= trainable_blocks <= depth:
+            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}] for {name}")
+        self.n_frozen = depth - trainable_blocks
+        self.trainable_blocks = trainable_blocks
+        self.model.requires_grad_(False)
+        for block in self.model.blocks[self.n_frozen :]:
+            block.requires_grad_(True)
+        self.model.norm.requires_grad_(trainable_blocks > 0)
+        self.embed_dim = self.model.embed_dim
+        self.num_prefix = self.model.num_prefix_tokens
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(2 * self.embed_dim), nn.Linear(2 * self.embed_dim, d)) for d in proto_dims
+        )
+        self.int8 = False
+        if int8:
+            self.quantize_frozen()
+
+    def _load_weights(self, name: str, weights: str, kwargs: dict[str, Any]) -> str:
+        """Load local or cached weights; returns the source path or "random"."""
+        path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
+        if not path:
+            log.warning("support encoder %s: no local weights and none in the timm cache; random init", name)
+            return "random"
+        sd = read_state_dict(path)
+        if not any(k.startswith("blocks.") for k in sd):  # original DINOv3 layout -> timm's
+            sd = timm.models.eva.checkpoint_filter_fn(sd, self.model)
+        result = self.model.load_state_dict(sd, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"{path}: {len(result.missing_keys)} encoder keys missing, e.g. {result.missing_keys[:3]}")
+        if result.unexpected_keys:
+            log.info("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
+        log.info("support encoder %s: weights from %s", name, path)
+        return str(path)
+
+    def quantize_frozen(self) -> None:
+        """INT8 dynamic quantization of the Linear layers of the frozen blocks (CPU inference of the prefix)."""
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for block in self.model.blocks[: self.n_frozen]:
+                quantize_dynamic(block, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.int8 = True
+
+    def train(self, mode: bool = True) -> SupportEncoder:
+        """The frozen part stays in eval mode; trainable blocks and projections follow ``mode``."""
+        super().train(mode)
+        self.model.eval()
+        for block in self.model.blocks[self.n_frozen :]:
+            block.train(mode)
+        return self
+
+    def _rope(self, n_tokens: int) -> torch.Tensor | None:
+        if self.model.rope is None:
+            return None
+        side = math.isqrt(n_tokens - self.num_prefix)
+        return self.model.rope.get_embed(shape=(side, side))
+
+    @torch.no_grad()
+    def forward_frozen(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, 3, S, S) float in [0, 1] -> tokens after the frozen blocks (M, prefix + (S/patch)^2, E)."""
+        assert x.dim() == 4 and x.shape[1] == 3, f"support images must be (M, 3, S, S), got {tuple(x.shape)}"
+        if self.int8 and x.is_cuda:
+            raise ValueError("int8_encoder is a CPU option; the quantized encoder cannot run on CUDA")
+        x = (x.float() - self.mean) / self.std
+        with torch.autocast(x.device.type, enabled=False) if self.int8 else contextlib.nullcontext():
+            tokens = self.model.norm_pre(self.model._pos_embed(self.model.patch_embed(x))[0])
+            rope = self._rope(tokens.shape[1])
+            for block in self.model.blocks[: self.n_frozen]:
+                tokens = block(tokens, rope=rope)
+        return tokens
+
+    def forward_trainable(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Frozen-prefix tokens (M, T, E) -> final normed tokens (M, T, E) through the trainable blocks."""
+        rope = self._rope(tokens.shape[1])
+        for block in self.model.blocks[self.n_frozen :]:
+            tokens = block(tokens, rope=rope)
+        return self.model.norm(tokens)
+
+    def project(self, tokens: torch.Tensor, k: int) -> Prototypes:
+        """Final tokens (N*K, T, E) -> Prototypes with per_scale (N, D_s): mean over K of L2-normalised projections."""
+        feat = torch.cat([tokens[:, 0], tokens[:, self.num_prefix :].mean(dim=1)], dim=-1)  # (N*K, 2E)
+        per_scale = []
+        for proj in self.proj:
+            emb = F.normalize(proj(feat).float(), dim=-1)  # (N*K, D)
+            per_scale.append(emb.view(-1, k, emb.shape[-1]).mean(dim=1))  # (N, D)
+        return Prototypes(per_scale)
+
+    def from_frozen(self, frozen_tokens: torch.Tensor, *, k: int) -> Prototypes:
+        """Cached frozen-prefix tokens (N*K, T, E) -> Prototypes (N, D_s) per scale, with gradients."""
+        assert frozen_tokens.shape[0] % k == 0, f"{frozen_tokens.shape[0]} token sets do not split into K={k}"
+        return self.project(self.forward_trainable(frozen_tokens), k)
+
+    def forward(self, support: torch.Tensor) -> Prototypes:
+        """(N, K, 3, S, S) float in [0, 1] -> Prototypes with per_scale (N, D_s)."""
+        assert support.dim() == 5, f"support must be (N, K, 3, S, S), got {tuple(support.shape)}"
+        return self.from_frozen(self.forward_frozen(support.flatten(0, 1)), k=support.shape[1])
