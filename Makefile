@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]' $(QUIET_PIP)
 	# ultralytics only for the key-map test; --no-deps keeps opencv-python (needs libGL) out
 	$(PY) -m pip install -q --no-deps ultralytics ultralytics-thop $(QUIET_PIP)
-	$(PY) -m pip install -q polars requests scipy pillow psutil $(QUIET_PIP)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (refdet)" > /dev/null
 	touch $(STAMP)
 

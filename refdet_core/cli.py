@@ -95,7 +95,8 @@ def cmd_params(args: argparse.Namespace) -> None:
     def text(s: dict[str, Any]) -> str:
         rows = [[name, m["total"], m["trainable"], m["frozen"]] for name, m in s["modules"].items()]
         rows.append(["total", s["total"], s["trainable"], s["total"] - s["trainable"]])
-        return _table(rows, ["module", "total", "trainable", "frozen"]) + f"\n{s['total'] / 50e6:.1%} of the 50 M budget"
+        budget = f"\n{s['total'] / 50e6:.1%} of the 50 M budget"
+        return _table(rows, ["module", "total", "trainable", "frozen"]) + budget
 
     _emit(param_summary(cfg), args.json, text)
 
@@ -143,12 +144,24 @@ def cmd_profile(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from refdet_core.speed.bench import run_bench
 
-    report = run_bench(presets=args.preset or ["seed", "fast"], options=args.option or [], episodes=args.episodes,
-                       repeats=args.repeats, params=args.params)
+    report = run_bench(
+        presets=args.preset or ["seed", "fast"],
+        options=args.option or [],
+        episodes=args.episodes,
+        repeats=args.repeats,
+        params=args.params,
+    )
 
     def text(r: dict[str, Any]) -> str:
-        rows = [[name, f"{p['episodes_per_s']:.3f}", f"{p['epoch_s_projected'] / 60:.1f}",
-                 f"{r['speedup'].get(name, float('nan')):.2f}x"] for name, p in r["presets"].items()]
+        rows = [
+            [
+                name,
+                f"{p['episodes_per_s']:.3f}",
+                f"{p['epoch_s_projected'] / 60:.1f}",
+                f"{r['speedup'].get(name, float('nan')):.2f}x",
+            ]
+            for name, p in r["presets"].items()
+        ]
         return _table(rows, ["preset", "episodes/s", "epoch min (projected)", "vs seed"])
 
     _emit(report, args.json, text)

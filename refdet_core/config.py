@@ -163,26 +163,27 @@ FIELD_SECTION = _field_index()
 FLAT_KEYS = frozenset(FIELD_SECTION)
 
 
+SCALARS: dict[type, tuple[type | tuple[type, ...], str]] = {
+    bool: (bool, "true or false"),
+    int: (int, "an integer"),
+    float: ((int, float), "a number"),
+    str: (str, "a string"),
+}
+
+
+def _coerce_scalar(value: Any, hint: type, where: str) -> Any:
+    accepted, words = SCALARS[hint]
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, accepted):
+        raise ConfigError(f"{where} must be {words}, got {value!r}")
+    return float(value) if hint is float else value
+
+
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check (and gently convert) one value against its field's type hint."""
     origin = typing.get_origin(hint)
     where = f"{source}: key '{key}'"
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
-        return value
+    if hint in SCALARS:
+        return _coerce_scalar(value, hint, where)
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
@@ -208,16 +209,44 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("auto", "bf16", "fp16", "fp32"),
 }
 
-POSITIVE = ("img_size", "support_size", "k_shot", "n_way", "n_query", "num_aug", "epochs", "grad_accum",
-            "episodes_per_epoch", "reg_max", "max_bad_steps", "log_every", "checkpoint_every", "tal_topk",
-            "encoder_patch", "support_variants")
-NON_NEGATIVE = ("lr", "weight_decay", "warmup_steps", "clip_norm", "num_workers", "cache_mb", "trainable_blocks",
-                "w_box", "w_dfl", "w_score", "w_cls", "w_supcon", "w_cpe", "w_triplet")
+POSITIVE = (
+    "img_size",
+    "support_size",
+    "k_shot",
+    "n_way",
+    "n_query",
+    "num_aug",
+    "epochs",
+    "grad_accum",
+    "episodes_per_epoch",
+    "reg_max",
+    "max_bad_steps",
+    "log_every",
+    "checkpoint_every",
+    "tal_topk",
+    "encoder_patch",
+    "support_variants",
+)
+NON_NEGATIVE = (
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "clip_norm",
+    "num_workers",
+    "cache_mb",
+    "trainable_blocks",
+    "w_box",
+    "w_dfl",
+    "w_score",
+    "w_cls",
+    "w_supcon",
+    "w_cpe",
+    "w_triplet",
+)
 UNIT_INTERVAL = ("val_fraction", "bg_share", "store_bg_share", "min_lr_ratio")
 
 
-def _validate(cfg: RefDetConfig, source: str) -> None:
-    flat = cfg.flat()
+def _check_ranges(flat: dict[str, Any], source: str) -> None:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{source}: key '{key}' must be one of {', '.join(choices)}; got {flat[key]!r}")
@@ -230,6 +259,11 @@ def _validate(cfg: RefDetConfig, source: str) -> None:
     for key in UNIT_INTERVAL:
         if not 0.0 <= flat[key] <= 1.0:
             raise ConfigError(f"{source}: key '{key}' must be in [0, 1], got {flat[key]!r}")
+
+
+def _validate(cfg: RefDetConfig, source: str) -> None:
+    flat = cfg.flat()
+    _check_ranges(flat, source)
     if flat["stage"] not in (1, 2, 3):
         raise ConfigError(f"{source}: key 'stage' must be 1, 2 or 3, got {flat['stage']!r}")
     if len(cfg.model.proto_dims) != 4:
@@ -261,8 +295,9 @@ def _normalise_keys(d: dict[str, Any], source: str) -> dict[str, dict[str, Any]]
     return out
 
 
-def config_from_dict(d: dict[str, Any] | None = None, *, source: str = "<dict>", base: RefDetConfig | None = None
-                     ) -> RefDetConfig:
+def config_from_dict(
+    d: dict[str, Any] | None = None, *, source: str = "<dict>", base: RefDetConfig | None = None
+) -> RefDetConfig:
     """Build a validated config from a nested, flat or dotted dict, on top of ``base`` (default: the defaults)."""
     base = base or RefDetConfig()
     by_section = _normalise_keys(d or {}, source)
@@ -291,8 +326,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, *, ignore: tuple[str, ...] = ()
-                ) -> RefDetConfig:
+def load_config(
+    path: str | Path, overrides: dict[str, Any] | None = None, *, ignore: tuple[str, ...] = ()
+) -> RefDetConfig:
     """Load a params YAML (nested or flat keys), then apply ``overrides``.
 
     Keys listed in ``ignore`` (notebook-only parameters such as ``run_dir``) are skipped.

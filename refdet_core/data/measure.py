@@ -38,8 +38,10 @@ def compare_reads(seek: Any, store: Any, samples: Sequence[tuple[str, int]]) -> 
     cold = time_reads(store, samples)
     hit = time_reads(store, samples)
     return pd.DataFrame(
-        {name: {"mean_ms": t["mean_ms"], "median_ms": t["median_ms"], "n": t["n"]}
-         for name, t in (("seek per sample", seek_t), ("frame store (cold)", cold), ("LRU hit", hit))}
+        {
+            name: {"mean_ms": t["mean_ms"], "median_ms": t["median_ms"], "n": t["n"]}
+            for name, t in (("seek per sample", seek_t), ("frame store (cold)", cold), ("LRU hit", hit))
+        }
     ).T
 
 

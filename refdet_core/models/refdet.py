@@ -116,10 +116,24 @@ class RefDet(nn.Module):
         return self.backbone(prepare_query(query))
 
     def forward(
-        self, query: torch.Tensor, support: torch.Tensor | None = None, *, use_cache: bool = False
+        self,
+        query: torch.Tensor,
+        support: torch.Tensor | None = None,
+        *,
+        use_cache: bool = False,
+        support_tokens: torch.Tensor | None = None,
     ) -> HeadOutput:
-        """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``."""
-        prototypes = self._prototypes(support, use_cache)  # per scale (N, D_s), None in standard mode
+        """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``.
+
+        ``support_tokens`` (N, K, T, E): frozen-prefix encoder tokens from a support-feature cache; the trainable
+        blocks and projections still run here, so gradients reach them as with ``support``.
+        """
+        if support_tokens is not None:
+            assert support is None and not use_cache, "pass support images, use_cache or support_tokens, not two"
+            k = support_tokens.shape[1]
+            prototypes = self.support_encoder.from_frozen(support_tokens.flatten(0, 1), k=k).per_scale
+        else:
+            prototypes = self._prototypes(support, use_cache)  # per scale (N, D_s), None in standard mode
         feats = self.forward_features(query)
         fused = self.fusion(feats, prototypes)
         return self.head(fused, prototypes)

@@ -56,8 +56,9 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, cfg: RefDetConfig, meta: dict[str, Any],
-                    state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, *, model: nn.Module, cfg: RefDetConfig, meta: dict[str, Any], state: dict[str, Any] | None = None
+) -> Path:
     """Write the checkpoint folder atomically (replacing an older one at ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         key = (module, decay)
         if key not in groups:
             mult = cfg.lr_mult.get(module, 1.0)
-            groups[key] = {"params": [], "names": [], "lr_mult": mult, "lr": cfg.lr * mult,
-                           "weight_decay": cfg.weight_decay if decay else 0.0, "module": module}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr_mult": mult,
+                "lr": cfg.lr * mult,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "module": module,
+            }
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return list(groups.values())
@@ -52,8 +58,9 @@ def lr_factor(step: int, *, total_steps: int, warmup_steps: int, min_lr_ratio: f
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
-                   ) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = min(cfg.warmup_steps, max(total_steps // 5, 0))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps=total_steps, warmup_steps=warmup, min_lr_ratio=cfg.min_lr_ratio)

@@ -75,8 +75,16 @@ class TrainingSetup:
     trainer: Any
 
 
-def build_training(cfg: RefDetConfig, *, out_dir: str | Path | None, source_name: str = "config",
-                   rank: int = 0, world_size: int = 1, local_rank: int = 0, progress: bool = True) -> TrainingSetup:
+def build_training(
+    cfg: RefDetConfig,
+    *,
+    out_dir: str | Path | None,
+    source_name: str = "config",
+    rank: int = 0,
+    world_size: int = 1,
+    local_rank: int = 0,
+    progress: bool = True,
+) -> TrainingSetup:
     from refdet_core.data.episodes import make_loader, make_source
     from refdet_core.data.layout import read_layout
     from refdet_core.losses.combined import CombinedLoss
@@ -91,8 +99,9 @@ def build_training(cfg: RefDetConfig, *, out_dir: str | Path | None, source_name
     seed_everything(cfg.train.seed)
     base_classes = base_classes_of(layout, train_ids)
     source = make_source(layout, cfg, progress=progress and rank == 0)
-    loader = make_loader(layout, source, train_ids, cfg, train=True, base_classes=base_classes,
-                         rank=rank, world_size=world_size)
+    loader = make_loader(
+        layout, source, train_ids, cfg, train=True, base_classes=base_classes, rank=rank, world_size=world_size
+    )
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(base_classes)).to(device)
     if cfg.speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -101,7 +110,7 @@ def build_training(cfg: RefDetConfig, *, out_dir: str | Path | None, source_name
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    loss_fn = CombinedLoss(cfg.loss, stage=cfg.train.stage, reg_max=cfg.model.reg_max)
+    loss_fn = CombinedLoss(cfg.loss, stage=cfg.train.stage, reg_max=cfg.model.reg_max).to(device)
     meta = {
         "base_classes": base_classes,
         "train_videos": train_ids,
@@ -109,9 +118,19 @@ def build_training(cfg: RefDetConfig, *, out_dir: str | Path | None, source_name
         "encoder_weights": getattr(model.support_encoder, "pretrained_source", "unknown"),
         "world_size": world_size,
     }
-    trainer = Trainer(model=net, loss_fn=loss_fn, loader=loader, cfg=cfg, device=device, out_dir=out_dir,
-                      meta=meta, forward=make_forward(model, cfg), rank=rank, world_size=world_size,
-                      steps_per_epoch=len(loader))
+    trainer = Trainer(
+        model=net,
+        loss_fn=loss_fn,
+        loader=loader,
+        cfg=cfg,
+        device=device,
+        out_dir=out_dir,
+        meta=meta,
+        forward=make_forward(model, cfg),
+        rank=rank,
+        world_size=world_size,
+        steps_per_epoch=len(loader),
+    )
     return TrainingSetup(cfg, layout, train_ids, val_ids, base_classes, source, model, trainer)
 
 
@@ -136,8 +155,9 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     return bool((hi - lo).abs().item() <= 1e-6 * max(1.0, total.abs().item()))
 
 
-def train_from_params(params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
-                      ) -> dict[str, Any] | None:
+def train_from_params(
+    params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
+) -> dict[str, Any] | None:
     """``refdet train``: train from a params YAML; under torchrun each rank runs this."""
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
@@ -146,17 +166,23 @@ def train_from_params(params: str | Path, *, out_dir: str | Path | None = None, 
         dist.init_process_group(backend=backend)
     out = Path(out_dir or Path("outputs") / "train")
     try:
-        setup = build_training(cfg, out_dir=out, source_name=str(params), rank=rank, world_size=world_size,
-                               local_rank=local_rank)
+        setup = build_training(
+            cfg, out_dir=out, source_name=str(params), rank=rank, world_size=world_size, local_rank=local_rank
+        )
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")
         if resume:
             setup.trainer.resume(resume)
         history = setup.trainer.fit()
-        result = {"out_dir": str(out), "epochs": setup.trainer.state.epoch, "steps": setup.trainer.state.step,
-                  "skipped_steps": setup.trainer.state.skipped, "world_size": world_size,
-                  "final_loss": float(history["loss"].iloc[-1]) if len(history) else None}
+        result = {
+            "out_dir": str(out),
+            "epochs": setup.trainer.state.epoch,
+            "steps": setup.trainer.state.step,
+            "skipped_steps": setup.trainer.state.skipped,
+            "world_size": world_size,
+            "final_loss": float(history["loss"].iloc[-1]) if len(history) else None,
+        }
         if world_size > 1:
             result["ranks_in_sync"] = ranks_in_sync(setup.model)
         if rank == 0:

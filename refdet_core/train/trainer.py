@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -63,10 +64,21 @@ class Trainer:
         forward: ``forward(model, batch) -> HeadOutput``; defaults to ``model(batch.query, batch.support)``.
     """
 
-    def __init__(self, *, model: nn.Module, loss_fn: Callable, loader: Iterable, cfg: RefDetConfig,
-                 device: torch.device, out_dir: str | Path | None = None, meta: dict[str, Any] | None = None,
-                 forward: Callable | None = None, rank: int = 0, world_size: int = 1,
-                 steps_per_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        loss_fn: Callable,
+        loader: Iterable,
+        cfg: RefDetConfig,
+        device: torch.device,
+        out_dir: str | Path | None = None,
+        meta: dict[str, Any] | None = None,
+        forward: Callable | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        steps_per_epoch: int | None = None,
+    ) -> None:
         self.model, self.loss_fn, self.loader, self.cfg, self.device = model, loss_fn, loader, cfg, device
         self.out_dir = Path(out_dir) if out_dir else None
         self.meta = dict(meta or {})
@@ -118,21 +130,29 @@ class Trainer:
         if loss_ok and grad_ok:
             self.scaler.step(self.optimizer)
             self.state.bad_in_row = 0
-        else:
+        elif loss_ok and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0:
+            # fp16 overflow: GradScaler skips the step and lowers its scale; calibration, not a failure
             self.state.skipped += 1
-            self.state.bad_in_row += 1
-            reason = "loss" if not loss_ok else "gradient"
-            logger.warning("non-finite %s at step %d: optimizer step skipped", reason, self.state.step)
-            if self.state.bad_in_row >= self.cfg.train.max_bad_steps:
-                raise TrainingStopped(
-                    f"stopped after {self.state.bad_in_row} non-finite steps in a row (last: non-finite {reason} "
-                    f"at step {self.state.step}); lower lr or use fp32/bf16"
-                )
+        else:
+            self._bad_step("loss" if not loss_ok else "gradient")
         self.scaler.update()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # the schedule counts optimizer steps, skipped ones included
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return float(norm)
+
+    def _bad_step(self, reason: str) -> None:
+        self.state.skipped += 1
+        self.state.bad_in_row += 1
+        logger.warning("non-finite %s at step %d: optimizer step skipped", reason, self.state.step)
+        if self.state.bad_in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingStopped(
+                f"stopped after {self.state.bad_in_row} non-finite steps in a row (last: non-finite {reason} "
+                f"at step {self.state.step}); lower lr or use fp32/bf16"
+            )
 
     # ------------------------------------------------------------------ one epoch
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -164,8 +184,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         episodes = (i + 1) if count else 0
         summary = {k: v / max(count, 1) for k, v in sums.items() if k not in ("epoch", "step")}
-        summary.update(epoch=epoch, seconds=seconds, episodes=episodes * self.world_size,
-                       episodes_per_s=episodes * self.world_size / max(seconds, 1e-9), data_wait_s=data_s)
+        summary.update(
+            epoch=epoch,
+            seconds=seconds,
+            episodes=episodes * self.world_size,
+            episodes_per_s=episodes * self.world_size / max(seconds, 1e-9),
+            data_wait_s=data_s,
+        )
         return summary
 
     def _log_row(self, epoch: int, window: list[dict[str, torch.Tensor]], grad_norm: float) -> dict[str, float]:
@@ -183,8 +208,13 @@ class Trainer:
     def fit(self) -> pd.DataFrame:
         """Train from ``state.epoch`` to ``cfg.train.epochs``; returns the history."""
         epochs = self.cfg.train.epochs
-        bar = tqdm(range(self.state.epoch, epochs), desc="epochs", disable=self.rank != 0, initial=self.state.epoch,
-                   total=epochs)
+        bar = tqdm(
+            range(self.state.epoch, epochs),
+            desc="epochs",
+            disable=self.rank != 0,
+            initial=self.state.epoch,
+            total=epochs,
+        )
         for epoch in bar:
             summary = self.train_one_epoch(epoch)
             self.state.epoch = epoch + 1
@@ -212,6 +242,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
+            "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
             "trainer": {"epoch": self.state.epoch, "step": self.state.step, "skipped": self.state.skipped},
             "history": self.state.history,
         }
@@ -227,6 +258,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
+        if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
+            self.loss_fn.load_state_dict(state["loss"])  # e.g. the WIoU v3 running mean
         t = state["trainer"]
         self.state = TrainState(epoch=t["epoch"], step=t["step"], skipped=t["skipped"], history=list(state["history"]))
         logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)

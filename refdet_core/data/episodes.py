@@ -1,0 +1,288 @@
+"""Episodes: a sampler of episode specs, a dataset that turns one spec into a whole ``EpisodeBatch``, a loader.
+
+An episode draws ``n_way`` videos and ``n_query`` frames of each (a share ``bg_share`` from background frames),
+plus each video's ``k_shot`` reference images. The sampler runs in the main process and yields small picklable
+``EpisodeSpec``s; ``EpisodeDataset.__getitem__(spec)`` reads, augments and collates in a DataLoader worker
+(``batch_size=None``), so workers prefetch whole episodes.
+
+Support variants: ``support_variant`` is 0 for the clean references (validation, or augmentation off),
+``1..support_variants-1`` for reproducible augmented variants the support-feature cache may key on, and -1 for
+a one-off augmentation that must not be cached (support cache off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from refdet_core.config import RefDetConfig
+from refdet_core.data.augment import QueryAugConfig, SupportAugConfig, augment_query, augment_support, mix_seed
+from refdet_core.data.frames import FrameSource, SeekReader, letterbox, read_image_rgb
+from refdet_core.data.sampler import EpisodeSampler, EpisodeSpec, frame_pools
+
+__all__ = [
+    "EpisodeBatch",
+    "EpisodeDataset",
+    "EpisodeSampler",
+    "EpisodeSpec",
+    "frame_pools",
+    "load_fixed_episode",
+    "make_loader",
+    "make_sampler",
+    "make_source",
+]
+
+
+@dataclass
+class EpisodeBatch:
+    """One episode, collated. B = n_way * n_query queries, N = n_way videos, K references each."""
+
+    query: torch.Tensor  # uint8 (B, 3, S, S)
+    support: torch.Tensor  # uint8 (N, K, 3, Ss, Ss)
+    boxes: list[torch.Tensor]  # B x float32 (n_i, 4) xyxy letterbox px
+    labels: list[torch.Tensor]  # B x long (n_i,) episode-local class in [0, N)
+    base_labels: list[torch.Tensor]  # B x long (n_i,) base-class index or -1
+    class_ids: torch.Tensor  # long (B,) episode-local class of each query's video
+    video_ids: list[str]  # (B,)
+    support_video_ids: list[str]  # (N,) order of the prototypes
+    support_variant: torch.Tensor  # long (N,)
+    frame_indices: torch.Tensor  # long (B,)
+    letterbox: torch.Tensor  # float32 (B, 3): scale, pad_x, pad_y
+
+    def _map(self, fn: Any) -> EpisodeBatch:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = fn(v)
+            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                v = [fn(t) for t in v]
+            out[f.name] = v
+        return EpisodeBatch(**out)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> EpisodeBatch:
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> EpisodeBatch:
+        """Called by the DataLoader's pin-memory thread (``pin_memory=True``)."""
+        return self._map(lambda t: t.pin_memory())
+
+    def validate(self) -> None:
+        """Assert the shapes and ranges of the contract in docs/architecture.md."""
+        b, n = self.query.shape[0], self.support.shape[0]
+        assert self.query.dtype == torch.uint8 and self.query.ndim == 4 and self.query.shape[1] == 3, (
+            f"query must be uint8 (B, 3, S, S), got {self.query.dtype} {tuple(self.query.shape)}"
+        )
+        assert self.support.dtype == torch.uint8 and self.support.ndim == 5 and self.support.shape[2] == 3, (
+            f"support must be uint8 (N, K, 3, Ss, Ss), got {self.support.dtype} {tuple(self.support.shape)}"
+        )
+        assert len(self.boxes) == len(self.labels) == len(self.base_labels) == len(self.video_ids) == b
+        assert tuple(self.class_ids.shape) == (b,) and tuple(self.letterbox.shape) == (b, 3)
+        assert len(self.support_video_ids) == n and tuple(self.support_variant.shape) == (n,)
+        assert int(self.class_ids.min()) >= 0 and int(self.class_ids.max()) < n, f"class_ids out of [0, {n})"
+        for bx, lab in zip(self.boxes, self.labels):
+            assert bx.ndim == 2 and bx.shape[1] == 4 and lab.shape == (bx.shape[0],), f"boxes {tuple(bx.shape)}"
+            assert bool(((lab >= 0) & (lab < n)).all()), f"episode labels must be in [0, {n}), got {lab.tolist()}"
+            assert bool(((bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])).all()), "a box with w or h <= 0"
+
+
+class EpisodeDataset:
+    """Map-style dataset over ``EpisodeSpec``s: ``dataset[spec] -> EpisodeBatch``.
+
+    Training (``train=True`` and ``data_cfg.augment``) augments queries with the spec's per-query seeds and the
+    support by ``support_variant``; validation applies no augmentation, so the same spec gives the same batch.
+    References are read once per video (per process), letterboxed to ``support_size`` and kept.
+    """
+
+    def __init__(
+        self,
+        layout: Any,
+        source: FrameSource,
+        video_ids: Sequence[str],
+        data_cfg: Any,
+        *,
+        train: bool,
+        base_classes: Sequence[str],
+        query_aug: QueryAugConfig | None = None,
+        support_aug: SupportAugConfig | None = None,
+    ):
+        unknown = [v for v in video_ids if v not in layout.videos]
+        assert not unknown, f"videos not in the layout: {unknown}"
+        self.layout, self.source, self.video_ids = layout, source, list(video_ids)
+        self.cfg, self.train = data_cfg, train
+        self.augment = bool(train and data_cfg.augment)
+        self.base_index = {name: i for i, name in enumerate(base_classes)}
+        self.query_aug = query_aug or QueryAugConfig()
+        self.support_aug = support_aug or SupportAugConfig()
+        self._refs: dict[str, torch.Tensor] = {}
+
+    def references(self, video_id: str) -> torch.Tensor:
+        """The first ``k_shot`` reference images of ``video_id`` (repeated when fewer): uint8 (K, 3, Ss, Ss)."""
+        refs = self._refs.get(video_id)
+        if refs is None:
+            paths = self.layout.videos[video_id].reference_paths
+            assert paths, f"video {video_id!r} has no reference images"
+            k, size = self.cfg.k_shot, self.cfg.support_size
+            imgs = [letterbox(read_image_rgb(paths[i % len(paths)]), size)[0] for i in range(k)]
+            refs = self._refs[video_id] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+        return refs
+
+    def _support(self, spec: EpisodeSpec) -> torch.Tensor:
+        out = []
+        for c, vid in enumerate(spec.videos):
+            refs, variant = self.references(vid), spec.support_variant[c]
+            if not self.augment or variant == 0:
+                out.append(refs)
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(mix_seed(spec.seed, "support", c))  # a one-off draw when variant == -1
+                out.append(
+                    torch.stack(
+                        [
+                            augment_support(r, variant, mix_seed(self.cfg.split_seed, vid, k), self.support_aug)
+                            for k, r in enumerate(refs)
+                        ]
+                    )
+                )
+        return torch.stack(out)  # (N, K, 3, Ss, Ss)
+
+    def _query(self, vid: str, frame: int, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+        """(img (3, S, S) uint8, boxes (n, 4) letterbox px, labels (n, 2) [episode class, base class], lb)."""
+        img, lb = self.source.get(vid, frame)
+        rec = self.layout.videos[vid]
+        native = rec.boxes_by_frame.get(int(frame), np.zeros((0, 4), np.float32))
+        boxes = torch.from_numpy(lb.to_letterbox(native))
+        base = self.base_index.get(rec.base_class, -1)
+        labels = torch.tensor([[c, base]] * len(boxes), dtype=torch.long).reshape(-1, 2)
+        return torch.from_numpy(img).permute(2, 0, 1).contiguous(), boxes, labels, lb.as_tuple()
+
+    def __getitem__(self, spec: EpisodeSpec) -> EpisodeBatch:
+        assert isinstance(spec, EpisodeSpec), f"index an EpisodeDataset with an EpisodeSpec, got {type(spec)}"
+        items = [self._query(spec.videos[c], f, c) for c, f in zip(spec.query_class, spec.query_frame)]
+        imgs, boxes, labels = [], [], []
+        for i, (img, bx, lab, _) in enumerate(items):
+            if self.augment:
+                others = [items[j][:3] for j in range(len(items)) if j != i][:3]
+                img, bx, lab = augment_query(img, bx, lab, seed=spec.query_seed[i], cfg=self.query_aug, extra=others)
+            imgs.append(img)
+            boxes.append(bx.float())
+            labels.append(lab)
+        batch = EpisodeBatch(
+            query=torch.stack(imgs),
+            support=self._support(spec),
+            boxes=boxes,
+            labels=[lab[:, 0].contiguous() for lab in labels],
+            base_labels=[lab[:, 1].contiguous() for lab in labels],
+            class_ids=torch.tensor(spec.query_class, dtype=torch.long),
+            video_ids=[spec.videos[c] for c in spec.query_class],
+            support_video_ids=list(spec.videos),
+            support_variant=torch.tensor(spec.support_variant if self.augment else [0] * len(spec.videos)),
+            frame_indices=torch.tensor(spec.query_frame, dtype=torch.long),
+            letterbox=torch.tensor([it[3] for it in items], dtype=torch.float32),
+        )
+        batch.validate()
+        return batch
+
+
+def make_source(layout: Any, cfg: RefDetConfig, *, progress: bool = False) -> FrameSource:
+    """The frame source ``cfg.data.loader`` names: the frame store (built or reused) or the seek reader."""
+    d = cfg.data
+    if d.loader == "seek":
+        return SeekReader(layout, d.img_size)
+    from refdet_core.data.store import FrameStore, default_store_dir
+
+    return FrameStore.build(
+        layout,
+        default_store_dir(cfg, layout.root),
+        img_size=d.img_size,
+        bg_share=d.store_bg_share,
+        fmt=d.store_format,
+        cache_mb=d.cache_mb,
+        progress=progress,
+    )
+
+
+def make_sampler(
+    layout: Any,
+    source: FrameSource,
+    video_ids: Sequence[str],
+    cfg: RefDetConfig,
+    *,
+    train: bool,
+    episodes: int | None = None,
+    seed: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> EpisodeSampler:
+    """The episode sampler of ``cfg``: ``n_way`` capped at the number of videos; validation draws one variant."""
+    d = cfg.data
+    variants = cfg.speed.support_variants if (train and d.augment and cfg.speed.support_cache) else 0
+    return EpisodeSampler(
+        video_ids,
+        min(d.n_way, len(video_ids)),
+        d.n_query,
+        episodes or d.episodes_per_epoch,
+        cfg.train.seed if seed is None else seed,
+        rank,
+        world_size,
+        frames=frame_pools(layout, source, video_ids, d.store_bg_share),
+        bg_share=d.bg_share,
+        num_aug=d.num_aug if train else 1,
+        support_variants=variants,
+    )
+
+
+def make_loader(
+    layout: Any,
+    source: FrameSource,
+    video_ids: Sequence[str],
+    cfg: RefDetConfig,
+    *,
+    train: bool,
+    base_classes: Sequence[str],
+    episodes: int | None = None,
+    seed: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """A DataLoader of whole ``EpisodeBatch``es (``batch_size=None``; the sampler yields specs).
+
+    Call ``loader.sampler.set_epoch(e)`` each epoch; workers, pinning and persistence come from ``cfg.data``.
+    """
+    d = cfg.data
+    dataset = EpisodeDataset(layout, source, video_ids, d, train=train, base_classes=base_classes)
+    sampler = make_sampler(
+        layout, source, video_ids, cfg, train=train, episodes=episodes, seed=seed, rank=rank, world_size=world_size
+    )
+    workers = d.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=d.pin_memory,
+        persistent_workers=d.persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+    )
+
+
+def load_fixed_episode(
+    layout: Any,
+    source: FrameSource,
+    video_ids: Sequence[str],
+    cfg: RefDetConfig,
+    *,
+    base_classes: Sequence[str],
+    train: bool = False,
+    seed: int = 0,
+) -> EpisodeBatch:
+    """One episode, the same every call (for overfitting tests and notebook figures)."""
+    dataset = EpisodeDataset(layout, source, video_ids, cfg.data, train=train, base_classes=base_classes)
+    sampler = make_sampler(layout, source, video_ids, cfg, train=train, episodes=1, seed=seed)
+    return dataset[next(iter(sampler))]

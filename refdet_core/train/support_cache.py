@@ -1,0 +1,94 @@
+"""Persistent cache of the frozen support-encoder features, per reference video and augmentation variant.
+
+The frozen prefix of the encoder (all of it when ``trainable_blocks == 0``) gives the same tokens for the
+same reference images every time, so they are computed once per (video, variant) and reused every
+episode; only the trainable blocks and the projections run per step. The original re-encoded its
+references at 512² in every episode. Variant -1 (fresh random augmentation) is never cached.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from refdet_core.config import RefDetConfig
+
+
+class SupportFeatureCache:
+    """Byte-bounded LRU of frozen-prefix tokens: key (video_id, variant) -> (K, T, E)."""
+
+    def __init__(self, encoder: nn.Module, *, max_mb: float = 2048) -> None:
+        self.encoder = encoder
+        self.max_bytes = int(max_mb * 2**20)
+        self.entries: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def stats(self) -> dict[str, float]:
+        total = self.hits + self.misses
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / total if total else 0.0,
+            "entries": len(self.entries),
+            "mb": self.bytes / 2**20,
+        }
+
+    def _put(self, key: tuple[str, int], value: torch.Tensor) -> None:
+        self.entries[key] = value
+        self.bytes += value.numel() * value.element_size()
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+    def tokens(self, support: torch.Tensor, video_ids: list[str], variants: torch.Tensor) -> torch.Tensor:
+        """support (N, K, 3, S, S) -> frozen-prefix tokens (N, K, T, E); cached where variant >= 0."""
+        from refdet_core.models.refdet import prepare_support
+
+        n, k = support.shape[:2]
+        assert len(video_ids) == n and variants.shape == (n,), "one video id and variant per support row"
+        out: list[torch.Tensor | None] = [None] * n
+        todo = []
+        for i, (vid, var) in enumerate(zip(video_ids, variants.tolist())):
+            key = (vid, int(var))
+            if var >= 0 and key in self.entries:
+                self.entries.move_to_end(key)
+                out[i] = self.entries[key]
+                self.hits += 1
+            else:
+                todo.append(i)
+                self.misses += 1
+        if todo:
+            fresh = self.encoder.forward_frozen(prepare_support(support[todo]).flatten(0, 1))  # (len*K, T, E)
+            fresh = fresh.view(len(todo), k, *fresh.shape[1:])
+            for j, i in enumerate(todo):
+                out[i] = fresh[j]
+                if int(variants[i]) >= 0:
+                    self._put((video_ids[i], int(variants[i])), fresh[j].detach())
+        return torch.stack(out)  # type: ignore[arg-type]
+
+
+def make_forward(model: nn.Module, cfg: RefDetConfig) -> Callable[[nn.Module, Any], Any]:
+    """The trainer's ``forward(net, batch)``: through the support cache when it applies, else plain."""
+    encoder = getattr(model, "support_encoder", None)
+    usable = (
+        cfg.speed.support_cache
+        and cfg.model.head_mode != "standard"
+        and encoder is not None
+        and getattr(encoder, "n_frozen", 0) > 0
+    )
+    if not usable:
+        return lambda net, batch: net(batch.query, batch.support)
+    cache = SupportFeatureCache(encoder)
+    model.support_feature_cache = cache  # visible to the profiler and notebooks
+
+    def forward(net: nn.Module, batch: Any) -> Any:
+        tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)
+        return net(batch.query, support_tokens=tokens)
+
+    return forward

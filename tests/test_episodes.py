@@ -1,0 +1,203 @@
+"""Episodes: sampler, dataset, batch contract (docs/architecture.md) and the loader with workers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from refdet_core.config import config_from_dict
+from refdet_core.data.episodes import (
+    EpisodeBatch,
+    EpisodeDataset,
+    EpisodeSampler,
+    frame_pools,
+    load_fixed_episode,
+    make_loader,
+    make_sampler,
+)
+from refdet_core.data.frames import FrameStore
+from refdet_core.data.layout import read_layout
+
+SIZE, SUPPORT = 96, 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def layout(demo_root):
+    return read_layout(demo_root)
+
+
+@pytest.fixture(scope="module")
+def store(layout, tmp_path_factory):
+    return FrameStore.build(
+        layout, tmp_path_factory.mktemp("ep") / "fs", img_size=SIZE, bg_share=0.5, cache_mb=8, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def ids(layout):
+    return layout.labelled_ids
+
+
+def _cfg(**kw):
+    base = {
+        "img_size": SIZE,
+        "support_size": SUPPORT,
+        "n_way": 2,
+        "n_query": 3,
+        "k_shot": 3,
+        "bg_share": 0.25,
+        "store_bg_share": 0.5,
+        "episodes_per_epoch": 6,
+    }
+    return config_from_dict({**base, **kw})
+
+
+def _bases(layout, ids):
+    return sorted({layout.videos[v].base_class for v in ids})
+
+
+def test_batch_shapes_and_labels(layout, store, ids):
+    cfg = _cfg()
+    ds = EpisodeDataset(layout, store, ids, cfg.data, train=True, base_classes=_bases(layout, ids)[:-1])
+    for spec in make_sampler(layout, store, ids, cfg, train=True):
+        b = ds[spec]
+        assert isinstance(b, EpisodeBatch)
+        assert b.query.shape == (6, 3, SIZE, SIZE) and b.query.dtype == torch.uint8
+        assert b.support.shape == (2, 3, 3, SUPPORT, SUPPORT) and b.support.dtype == torch.uint8
+        assert b.letterbox.shape == (6, 3) and b.frame_indices.shape == (6,) and len(b.video_ids) == 6
+        for i, (bx, lab, base) in enumerate(zip(b.boxes, b.labels, b.base_labels)):
+            assert bool(((lab >= 0) & (lab < 2)).all()), "episode labels must lie in [0, N)"  # seed #18
+            assert bool((lab == b.class_ids[i]).all())
+            assert bx.shape == (lab.shape[0], 4) and base.shape == lab.shape
+            assert bool((base >= -1).all())
+        assert b.support_video_ids == [b.video_ids[i] for i in range(0, 6, 3)]
+    last = _bases(layout, ids)[-1]
+    if any(layout.videos[v].base_class == last for v in ids):  # a type not in base_classes maps to -1
+        spec = next(
+            s
+            for s in make_sampler(layout, store, ids, cfg, train=False, episodes=50)
+            if any(layout.videos[v].base_class == last for v in s.videos)
+        )
+        b = ds[spec]
+        assert all(
+            bool((bl == -1).all()) for bl, v in zip(b.base_labels, b.video_ids) if layout.videos[v].base_class == last
+        )
+
+
+def test_validation_batches_identical(layout, store, ids):
+    cfg = _cfg()
+    ds = EpisodeDataset(layout, store, ids, cfg.data, train=False, base_classes=_bases(layout, ids))
+    spec = next(iter(make_sampler(layout, store, ids, cfg, train=False)))
+    a, b = ds[spec], ds[spec]
+    assert torch.equal(a.query, b.query) and torch.equal(a.support, b.support)
+    assert all(torch.equal(x, y) for x, y in zip(a.boxes, b.boxes))
+    assert (a.support_variant == 0).all()
+    # no augmentation: the query is exactly the stored frame
+    img, _ = store.get(a.video_ids[0], int(a.frame_indices[0]))
+    assert torch.equal(a.query[0], torch.from_numpy(img).permute(2, 0, 1))
+    fixed = load_fixed_episode(layout, store, ids, cfg, base_classes=_bases(layout, ids))
+    assert torch.equal(fixed.query, load_fixed_episode(layout, store, ids, cfg, base_classes=_bases(layout, ids)).query)
+
+
+def test_num_aug_gives_distinct_reproducible_variants(layout, store, ids):
+    cfg = _cfg(num_aug=3, episodes_per_epoch=40)
+    sampler = make_sampler(layout, store, ids, cfg, train=True)
+    specs = list(sampler)
+    seen = {(s.videos[c], f, v) for s in specs for c, f, v in zip(s.query_class, s.query_frame, s.query_variant)}
+    assert {v for *_, v in seen} == {0, 1, 2}
+    # the first frame seen with all three variants
+    counts: dict = {}
+    for vid, f, v in seen:
+        counts.setdefault((vid, f), set()).add(v)
+    vid, f = next(k for k, vs in counts.items() if len(vs) == 3)
+
+    def variants():
+        ds = EpisodeDataset(layout, store, ids, cfg.data, train=True, base_classes=_bases(layout, ids))
+        out = {}
+        for s in specs:
+            for i, (c, ff, v) in enumerate(zip(s.query_class, s.query_frame, s.query_variant)):
+                if s.videos[c] == vid and ff == f and v not in out:
+                    out[v] = ds[s].query[i]
+        return out
+
+    first, second = variants(), variants()
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    assert not torch.equal(first[0], first[2])
+    assert all(torch.equal(first[v], second[v]) for v in range(3))
+
+
+def test_every_frame_variant_pair_used_before_repeats(layout, store, ids):
+    pools = frame_pools(layout, store, ids, 0.5)
+    vid = ids[0]
+    s = EpisodeSampler([vid], 1, 4, 25, seed=3, frames={vid: pools[vid]}, num_aug=2)
+    pairs = [(f, v) for sp in s for f, v in zip(sp.query_frame, sp.query_variant)]
+    n = len(pools[vid][0]) * 2
+    first = pairs[:n]
+    assert len(set(first)) == n, "a (frame, variant) pair repeated before all were used"
+
+
+def test_background_share(layout, store, ids):
+    pools = frame_pools(layout, store, ids, 0.5)
+    ann = {v: set(pools[v][0]) for v in ids}
+    has_both = [v for v in ids if pools[v][0] and pools[v][1]]
+    s = EpisodeSampler(has_both, min(2, len(has_both)), 4, 300, seed=0, frames=pools, bg_share=0.25)
+    slots = [(sp.videos[c], f) for sp in s for c, f in zip(sp.query_class, sp.query_frame)]
+    share = sum(f not in ann[v] for v, f in slots) / len(slots)
+    assert abs(share - 0.25) < 0.03
+    s0 = EpisodeSampler(has_both, 1, 4, 20, seed=0, frames=pools, bg_share=0.0)
+    assert all(f in ann[sp.videos[0]] for sp in s0 for f in sp.query_frame)
+
+
+def test_sampler_deterministic_per_epoch_and_ddp_disjoint(layout, store, ids):
+    pools = frame_pools(layout, store, ids, 0.5)
+
+    def run(epoch, rank=0, world=1):
+        s = EpisodeSampler(ids, 2, 3, 9, seed=5, rank=rank, world_size=world, frames=pools, num_aug=2)
+        s.set_epoch(epoch)
+        return list(s)
+
+    assert run(0) == run(0) and run(0) != run(1)
+    r0, r1 = run(0, 0, 2), run(0, 1, 2)
+    assert len(r0) == len(r1) == 5
+    assert not {s.index for s in r0} & {s.index for s in r1}
+    single = {s.index: s for s in run(0)}
+    assert all(single[s.index] == s for s in r0 + r1 if s.index in single)
+
+
+def test_support_variants_follow_support_cache(layout, store, ids):
+    on = make_sampler(layout, store, ids, _cfg(support_variants=3, episodes_per_epoch=30), train=True)
+    got = {v for s in on for v in s.support_variant}
+    assert got <= {0, 1, 2} and len(got) > 1
+    off = make_sampler(layout, store, ids, _cfg(support_cache=False), train=True)
+    assert {v for s in off for v in s.support_variant} == {-1}
+    cfg = _cfg(support_variants=3, episodes_per_epoch=30)
+    ds = EpisodeDataset(layout, store, ids, cfg.data, train=True, base_classes=[])
+    spec = next(s for s in on if 1 in s.support_variant)
+    c = spec.support_variant.index(1)
+    other = dataclasses.replace(spec, seed=spec.seed + 1)  # same variant, other episode: same support
+    assert torch.equal(ds[spec].support[c], ds[other].support[c])
+    assert not torch.equal(ds[spec].support[c], ds.references(spec.videos[c]))
+
+
+def test_loader_with_two_workers_counts_cache_reads(layout, ids, tmp_path):
+    cfg = _cfg(num_workers=2, persistent_workers=True, episodes_per_epoch=8, augment=False)
+    fs = FrameStore.build(layout, tmp_path / "fs", img_size=SIZE, bg_share=0.5, cache_mb=8, progress=False)
+    loader = make_loader(layout, fs, ids, cfg, train=True, base_classes=_bases(layout, ids))
+    epochs = []
+    for e in range(2):
+        loader.sampler.set_epoch(e)
+        epochs.append([b.to("cpu") for b in loader])
+    assert [len(x) for x in epochs] == [8, 8]
+    s = fs.stats()
+    assert s["hits"] + s["misses"] == 2 * 8 * 6 and s["hits"] > 0
+    assert not torch.equal(epochs[0][0].query, epochs[1][0].query)
