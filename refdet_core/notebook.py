@@ -24,8 +24,17 @@ from refdet_core.runner import project_root
 logger = logging.getLogger(__name__)
 
 
-def versions(packages: tuple[str, ...] = ("torch", "torchvision", "timm", "opencv-python-headless", "papermill",
-                                          "ipywidgets", "refdet_core")) -> dict[str, str]:
+def versions(
+    packages: tuple[str, ...] = (
+        "torch",
+        "torchvision",
+        "timm",
+        "opencv-python-headless",
+        "papermill",
+        "ipywidgets",
+        "refdet_core",
+    ),
+) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in packages:
         try:

@@ -92,8 +92,9 @@ def run_notebook(notebook: str, *, profile: str, run_dir: Path, root: Path) -> d
     return {"notebook": notebook, "seconds": time.perf_counter() - start, "out_dir": str(out)}
 
 
-def run_notebooks(names: list[str] | None = None, *, profile: str = "demo", out_dir: str | Path | None = None
-                  ) -> list[dict[str, Any]]:
+def run_notebooks(
+    names: list[str] | None = None, *, profile: str = "demo", out_dir: str | Path | None = None
+) -> list[dict[str, Any]]:
     """Execute notebooks in order; the first failure stops the run with a NotebookError."""
     if profile not in PROFILES:
         raise NotebookError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")

@@ -23,8 +23,15 @@ def frame_browser(layout: Any, store: Any) -> W.Widget:
         boxes = layout.videos[video.value].boxes_by_frame.get(frame.value)
         with out:
             out.clear_output(wait=True)
-            display(viz.image_grid([img], [f"{video.value} #{frame.value}"], ncols=1, size=6,
-                                   boxes=[lb.to_letterbox(boxes) if boxes is not None else None]))
+            display(
+                viz.image_grid(
+                    [img],
+                    [f"{video.value} #{frame.value}"],
+                    ncols=1,
+                    size=6,
+                    boxes=[lb.to_letterbox(boxes) if boxes is not None else None],
+                )
+            )
 
     def on_video(_: Any) -> None:
         frame.options = store.frames(video.value)
@@ -42,8 +49,13 @@ def option_panel(options: Sequence[Any], selected: Sequence[str], on_run: Callab
     ``options`` are registry entries with ``name``, ``exact`` and ``applies`` and ``description``.
     """
     boxes = {
-        o.name: W.Checkbox(value=o.name in selected, description=f"{o.name} [{o.exactness}, {o.applies}]",
-                           tooltip=o.description, indent=False, layout=W.Layout(width="auto"))
+        o.name: W.Checkbox(
+            value=o.name in selected,
+            description=f"{o.name} [{o.exactness}, {o.applies}]",
+            tooltip=o.description,
+            indent=False,
+            layout=W.Layout(width="auto"),
+        )
         for o in options
     }
     button = W.Button(description="bench ticked vs seed", button_style="primary")
@@ -57,5 +69,6 @@ def option_panel(options: Sequence[Any], selected: Sequence[str], on_run: Callab
                 display(result)
 
     button.on_click(clicked)
-    return W.VBox([W.GridBox(list(boxes.values()), layout=W.Layout(grid_template_columns="repeat(2, 1fr)")),
-                   button, out])
+    return W.VBox(
+        [W.GridBox(list(boxes.values()), layout=W.Layout(grid_template_columns="repeat(2, 1fr)")), button, out]
+    )
