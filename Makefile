@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 data/demo/splits.json: $(STAMP)
-	$(REFDET) data demo data/demo
+	$(REFDET) data demo data/demo --videos 12
 
 demo: $(STAMP) data/demo/splits.json
 	$(REFDET) run --profile demo -o outputs/demo

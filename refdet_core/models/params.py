@@ -118,3 +118,33 @@ def time_per_stage(
     table.loc["total"] = table.sum()
     table["share"] = table["ms"] / table.loc["total", "ms"]
     return table
+
+
+def _shape(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return "x".join(str(d) for d in x.shape)
+    if isinstance(x, (list, tuple)):
+        return ", ".join(_shape(v) for v in x)
+    return type(x).__name__
+
+
+@torch.no_grad()
+def stage_shapes(model: RefDet, img_size: int, support_size: int, n_way: int, batch: int, *, k_shot: int = 3
+                 ) -> pd.DataFrame:
+    """Input and output shapes of each stage for one episode (random uint8 inputs)."""
+    model.eval()
+    support = torch.randint(0, 256, (n_way, k_shot, 3, support_size, support_size), dtype=torch.uint8)
+    query = torch.randint(0, 256, (batch, 3, img_size, img_size), dtype=torch.uint8)
+    protos = model.encode_support(support).per_scale if model.head.mode != "standard" else None
+    feats = model.forward_features(query)
+    fused = model.fusion(feats, protos)
+    out = model.head(fused, protos)
+    rows = [
+        ("support_encoder", _shape(support), _shape(protos) if protos is not None else "-"),
+        ("backbone", _shape(query), _shape(feats)),
+        ("fusion", _shape(feats), _shape(fused)),
+        ("head: box_logits", _shape(fused), _shape(out.box_logits)),
+        ("head: scores", _shape(fused), _shape(out.scores) if out.scores is not None else "-"),
+        ("head: cls_logits", _shape(fused), _shape(out.cls_logits) if out.cls_logits is not None else "-"),
+    ]
+    return pd.DataFrame(rows, columns=["stage", "input", "output"]).set_index("stage")
