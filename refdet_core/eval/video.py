@@ -1,0 +1,478 @@
+"""Whole-video inference: every frame of a drone video -> at most one box per frame -> a temporal track.
+
+The loop (DESIGN.md section 6): the references are read, letterboxed to ``support_size`` and encoded **once**
+per video (``RefDet.set_reference_images`` with N = 1); the video is decoded front to back by a reader thread
+that letterboxes each frame exactly as the frame store does for training (``data.frames.letterbox``) while the
+model works on the previous batch; frames are batched; per frame the anchor with the highest prototype score
+(sigmoid) wins, its DFL box is decoded, mapped back to native pixels (``Letterbox.to_native``) and clipped to
+the frame; then ``eval.postprocess`` (hysteresis, gap filling, minimum length, smoothing) turns the per-frame
+detections into a track.
+
+Post-processing thresholds do not come from the checkpoint (the ``PostprocessConfig`` defaults apply) unless
+its ``meta.json`` carries a ``"postprocess"`` mapping; ``tune_enter`` picks ``enter`` on training videos, which
+helps when scores are not calibrated.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from refdet_core.data.frames import Letterbox, VideoError, letterbox, read_image_rgb
+from refdet_core.eval.metrics import GroundTruth, ScoredTrack, st_iou
+from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
+from refdet_core.models.head import dfl_decode
+
+log = logging.getLogger(__name__)
+
+MIN_BOX_PX = 1.0  # a clipped box thinner than this (native px) is no detection
+PREFETCH = 2  # batches decoded ahead by the reader thread
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2).tolist())  # enter candidates of tune_enter
+
+
+@dataclass
+class VideoResult:
+    """Per-frame detections of one video and its post-processed track.
+
+    frames (T,) int64 every decoded frame; scores (T,) float32 best sigmoid score of the frame; boxes (T, 4)
+    float32 xyxy native px, clipped to the frame; valid (T,) bool False where the clipped box was empty
+    (such a frame counts as score 0 in post-processing); track ``{frame: (x1, y1, x2, y2, score)}``.
+    """
+
+    video_id: str
+    frames: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+    valid: np.ndarray
+    width: int
+    height: int
+    seconds: float  # wall time of the decode + model loop
+    track: ScoredTrack = field(default_factory=dict)
+
+    @property
+    def frames_per_s(self) -> float:
+        return len(self.frames) / self.seconds if self.seconds > 0 else float("nan")
+
+    def post_scores(self) -> np.ndarray:
+        """Scores (T,) as post-processing sees them: 0 where the box was empty."""
+        return np.where(self.valid, self.scores, 0.0).astype(np.float32)
+
+    def retrack(self, post: PostprocessConfig) -> VideoResult:
+        """The same detections with the track recomputed under other post-processing settings."""
+        return replace(self, track=postprocess_scored(self.frames, self.post_scores(), self.boxes, post))
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip xyxy boxes (T, 4) to a ``width x height`` frame -> (clipped (T, 4) float32, valid (T,) bool)."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
+    valid = (b[:, 2] - b[:, 0] >= MIN_BOX_PX) & (b[:, 3] - b[:, 1] >= MIN_BOX_PX)
+    return b, valid
+
+
+def letterbox_bgr(bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """A decoded BGR frame -> letterboxed RGB (size, size, 3) uint8, identical to ``letterbox(rgb, size)``.
+
+    Resizing works per channel and the pad is grey, so letterboxing first and swapping channels after is exact
+    and converts far fewer pixels than the native frame has.
+    """
+    out, lb = letterbox(bgr, size)
+    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), lb
+
+
+def frame_batches(
+    video_path: str | Path, img_size: int, batch: int
+) -> Iterator[tuple[np.ndarray, Letterbox, int, tuple[int, int]]]:
+    """Decode a video front to back -> ``(frames (b, S, S, 3) uint8 RGB, Letterbox, first index, (W, H) native)``.
+
+    Every frame is kept; b = ``batch`` except for the last batch. Raises VideoError for a video that cannot be
+    opened or yields no frame.
+    """
+    cap = cv2.VideoCapture(str(video_path))
+    if not cap.isOpened():
+        raise VideoError(f"{video_path}: cannot open video")
+    index, buf, lb, size = 0, [], None, (0, 0)
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            img, lb = letterbox_bgr(bgr, img_size)
+            size = (bgr.shape[1], bgr.shape[0])
+            buf.append(img)
+            if len(buf) == batch:
+                yield np.stack(buf), lb, index - batch + 1, size
+                buf = []
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise VideoError(f"{video_path}: no frame could be decoded")
+    if buf:
+        yield np.stack(buf), lb, index - len(buf), size
+
+
+def prefetch(items: Iterator, depth: int = PREFETCH) -> Iterator:
+    """Run ``items`` in a reader thread, ``depth`` items ahead (OpenCV decodes without holding the GIL).
+
+    An exception in the thread is raised here, in the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            q.put(err)
+
+    thread = threading.Thread(target=work, daemon=True, name="refdet-video-reader")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def count_frames(video_path: str | Path) -> int:
+    """The container's frame count (for progress bars only; may be off by a few)."""
+    cap = cv2.VideoCapture(str(video_path))
+    try:
+        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+    finally:
+        cap.release()
+
+
+def best_detection(box_logits: torch.Tensor, scores: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor):
+    """Best anchor per frame for one prototype.
+
+    Args:
+        box_logits (B, A, 4 * R), scores (B, A, 1) logits, anchors (A, 2), strides (A,).
+
+    Returns:
+        scores (B,) sigmoid of the best anchor, boxes (B, 4) its decoded xyxy in input (letterbox) px.
+    """
+    assert scores.dim() == 3 and scores.shape[-1] == 1, f"expected scores (B, A, 1), got {tuple(scores.shape)}"
+    best, idx = scores[..., 0].float().max(dim=1)  # (B,), (B,)
+    logits = box_logits[torch.arange(len(idx), device=idx.device), idx][:, None]  # (B, 1, 4R)
+    boxes = dfl_decode(logits, anchors[idx][:, None], strides[idx][:, None])[:, 0]  # (B, 4)
+    return best.sigmoid(), boxes
+
+
+class VideoPredictor:
+    """Runs a RefDet over whole videos.
+
+    Args:
+        model: a RefDet in ``prototype`` or ``dual`` head mode (put in eval mode and moved to ``device`` here).
+        img_size: query letterbox size, as in training; support_size: reference letterbox size, as in training.
+        post: temporal post-processing settings. batch: frames per forward pass. k_shot: references per video
+            (the first ``k_shot`` images, repeated when fewer, as the episode dataset does).
+        precision: "fp32" or "bf16" (autocast). channels_last: NHWC activations for the query path.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        img_size: int,
+        support_size: int,
+        post: PostprocessConfig,
+        batch: int,
+        device: str | torch.device = "cpu",
+        k_shot: int = 3,
+        precision: str = "fp32",
+        channels_last: bool = False,
+    ) -> None:
+        if getattr(model.head, "mode", "prototype") == "standard":
+            raise ValueError("video inference needs prototype scores; the model's head_mode is 'standard'")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r}: choose fp32 or bf16")
+        assert batch >= 1 and k_shot >= 1, f"batch {batch} and k_shot {k_shot} must be >= 1"
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.img_size, self.support_size, self.k_shot = img_size, support_size, k_shot
+        self.post, self.batch = post, batch
+        self.precision, self.channels_last = precision, channels_last
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def reference_tensor(self, reference_paths: Sequence[str | Path]) -> torch.Tensor:
+        """Reference images -> uint8 (1, K, 3, Ss, Ss), letterboxed as the episode dataset does."""
+        assert reference_paths, "no reference images"
+        imgs = [
+            letterbox(read_image_rgb(reference_paths[i % len(reference_paths)]), self.support_size)[0]
+            for i in range(self.k_shot)
+        ]
+        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)[None].contiguous()  # (1, K, 3, Ss, Ss)
+
+    @torch.inference_mode()
+    def set_references(self, reference_paths: Sequence[str | Path]) -> None:
+        """Encode the references of one video once; later ``detect`` calls reuse the prototypes."""
+        with self._autocast():
+            self.model.set_reference_images(self.reference_tensor(reference_paths).to(self.device))
+
+    @torch.inference_mode()
+    def detect(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Letterboxed frames (B, S, S, 3) uint8 RGB -> best scores (B,) and boxes (B, 4) xyxy letterbox px."""
+        x = torch.as_tensor(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, S, S)
+        assert x.shape[1:] == (3, self.img_size, self.img_size), f"frames {tuple(x.shape)} vs img_size {self.img_size}"
+        x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        with self._autocast():
+            out = self.model(x, use_cache=True)
+        scores, boxes = best_detection(out.box_logits, out.scores, out.anchors, out.strides)
+        return scores.float().cpu().numpy(), boxes.float().cpu().numpy()
+
+    def predict_video(
+        self,
+        video_path: str | Path,
+        reference_paths: Sequence[str | Path],
+        *,
+        video_id: str = "",
+        progress: bool = False,
+    ) -> VideoResult:
+        """Every frame of ``video_path`` -> VideoResult (per-frame best box in native px, post-processed track)."""
+        video_id = video_id or Path(video_path).parent.name
+        t0 = time.perf_counter()
+        self.set_references(reference_paths)
+        frames, scores, boxes, valid = [], [], [], []
+        width = height = 0
+        with tqdm(total=count_frames(video_path) or None, desc=video_id, unit="frame", disable=not progress) as bar:
+            for batch, lb, first, (width, height) in prefetch(frame_batches(video_path, self.img_size, self.batch)):
+                s, b = self.detect(batch)
+                b, ok = clip_boxes(lb.to_native(b), width, height)
+                frames.append(np.arange(first, first + len(batch)))
+                scores.append(s)
+                boxes.append(b)
+                valid.append(ok)
+                bar.update(len(batch))
+        seconds = time.perf_counter() - t0
+        self.model.clear_cache()
+        cat = np.concatenate
+        result = VideoResult(
+            video_id, cat(frames).astype(np.int64), cat(scores), cat(boxes), cat(valid), width, height, seconds
+        )
+        result = result.retrack(self.post)
+        n, fps = len(result.frames), result.frames_per_s
+        log.info(
+            "%s: %d frames in %.1f s (%.1f frames/s), %d in the track", video_id, n, seconds, fps, len(result.track)
+        )
+        return result
+
+
+# ---------------------------------------------------------------- checkpoints, layouts, submissions
+def load_predictor(
+    ckpt_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    post: PostprocessConfig | None = None,
+    batch: int = 8,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> VideoPredictor:
+    """A VideoPredictor over the RefDet of a checkpoint folder (its config.yaml and meta.json give the model).
+
+    ``post`` None: ``meta["postprocess"]`` when the checkpoint has one, else the PostprocessConfig defaults.
+    Raises CheckpointError (one line) for a missing or incomplete checkpoint.
+    """
+    from refdet_core.models.refdet import RefDet
+    from refdet_core.train.checkpoint import load_weights, read_checkpoint
+
+    weights, cfg, meta = read_checkpoint(ckpt_dir)
+    n_base = cfg.model.num_base_classes or len(meta.get("base_classes", []))
+    model = RefDet(cfg.model, num_base_classes=n_base)
+    load_weights(model, weights, source=str(ckpt_dir))
+    if post is None:
+        post = PostprocessConfig(**meta.get("postprocess", {}))
+    return VideoPredictor(
+        model,
+        img_size=cfg.data.img_size,
+        support_size=cfg.data.support_size,
+        post=post,
+        batch=batch,
+        device=device,
+        k_shot=cfg.data.k_shot,
+        precision=precision,
+        channels_last=channels_last,
+    )
+
+
+def _predictor(ckpt: str | Path | VideoPredictor, device: str | torch.device) -> VideoPredictor:
+    return ckpt if isinstance(ckpt, VideoPredictor) else load_predictor(ckpt, device=device)
+
+
+def predict_layout(
+    root: str | Path,
+    ckpt: str | Path | VideoPredictor,
+    *,
+    video_ids: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, VideoResult]:
+    """Run a checkpoint (or a ready VideoPredictor) over videos of a challenge layout (annotations not needed).
+
+    Returns:
+        ``{video_id: VideoResult}`` for ``video_ids`` (default: every video of the layout, sorted).
+    """
+    from refdet_core.data.layout import LayoutError, read_layout
+
+    layout = read_layout(root, probe_video=False)
+    ids = sorted(layout.videos) if video_ids is None else list(video_ids)
+    unknown = [v for v in ids if v not in layout.videos]
+    if unknown:
+        raise LayoutError(f"{root}: unknown video id {unknown[0]!r}")
+    predictor = _predictor(ckpt, device)
+    out = {}
+    for vid in ids:
+        rec = layout.videos[vid]
+        out[vid] = predictor.predict_video(rec.video_path, rec.reference_paths, video_id=vid, progress=progress)
+    return out
+
+
+def throughput(results: Mapping[str, VideoResult]) -> dict[str, float]:
+    """``{"videos", "frames", "seconds", "frames_per_s"}`` of the decode + model loops of ``results``."""
+    frames = sum(len(r.frames) for r in results.values())
+    seconds = sum(r.seconds for r in results.values())
+    return {
+        "videos": len(results),
+        "frames": frames,
+        "seconds": round(seconds, 3),
+        "frames_per_s": frames / seconds if seconds > 0 else float("nan"),
+    }
+
+
+def predict_to_submission(
+    data_root: str | Path, ckpt: str | Path, out_path: str | Path, *, device: str = "auto", batch: int = 8
+) -> dict:
+    """``refdet predict``: every video of ``data_root`` -> challenge submission at ``out_path`` (atomic).
+
+    Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
+    picks CUDA when available.
+
+    Returns:
+        ``{"videos", "frames", "seconds", "frames_per_s", "out"}``.
+    """
+    from refdet_core.eval.submission import write_submission
+    from refdet_core.train.run import pick_device
+
+    predictor = load_predictor(ckpt, device=pick_device(device), batch=batch)
+    results = predict_layout(data_root, predictor)
+    write_submission(out_path, tracks(results), list(results))
+    return {**throughput(results), "out": str(out_path)}
+
+
+def tracks(results: Mapping[str, VideoResult]) -> dict[str, ScoredTrack]:
+    """``{video_id: ScoredTrack}`` of the post-processed tracks."""
+    return {vid: r.track for vid, r in results.items()}
+
+
+def raw_tracks(results: Mapping[str, VideoResult]) -> dict[str, ScoredTrack]:
+    """Every frame's best box with its score, before post-processing (what a threshold-free mAP ranks)."""
+    out = {}
+    for vid, r in results.items():
+        keep = np.nonzero(r.valid)[0]
+        out[vid] = {int(r.frames[i]): (*map(float, r.boxes[i]), float(r.scores[i])) for i in keep}
+    return out
+
+
+def layout_ground_truth(layout, video_ids: Sequence[str]) -> GroundTruth:
+    """``{video_id: {frame: [box, ...]}}`` in native px from a Layout's ``boxes_by_frame``."""
+    return {
+        vid: {f: [tuple(map(float, b)) for b in boxes] for f, boxes in layout.videos[vid].boxes_by_frame.items()}
+        for vid in video_ids
+    }
+
+
+def retrack_all(results: Mapping[str, VideoResult], post: PostprocessConfig) -> dict[str, VideoResult]:
+    return {vid: r.retrack(post) for vid, r in results.items()}
+
+
+def tune_enter(
+    results: Mapping[str, VideoResult],
+    gt: GroundTruth,
+    *,
+    post: PostprocessConfig,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    leave_ratio: float = 0.6,
+) -> tuple[PostprocessConfig, dict[float, float]]:
+    """The ``enter`` threshold (leave = enter * leave_ratio) with the best mean ST-IoU over ``results``' videos.
+
+    Needs no new inference: the stored per-frame detections are post-processed again. Ties go to the lower
+    threshold. Returns (post with enter/leave set, {enter: mean ST-IoU}).
+    """
+    assert results, "tune_enter needs at least one video"
+    sub_gt = {vid: gt.get(vid, {}) for vid in results}
+    table = {}
+    for enter in thresholds:
+        cand = replace(post, enter=float(enter), leave=float(enter) * leave_ratio)
+        table[float(enter)] = st_iou(sub_gt, tracks(retrack_all(results, cand)))["mean_st_iou"]
+    best = max(table, key=lambda t: (table[t], -t))
+    log.info("tune_enter: enter %.2f, mean ST-IoU %.4f on %d videos", best, table[best], len(results))
+    return replace(post, enter=best, leave=best * leave_ratio), table
+
+
+def validation_split(layout, data_cfg, meta: Mapping) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids): the split the checkpoint was trained with (``meta``) when it names one, else
+    ``layout.split(data_cfg)``."""
+    train, val = list(meta.get("train_videos", [])), list(meta.get("val_videos", []))
+    if val and set(train + val) <= set(layout.labelled_ids):
+        return train, val
+    return layout.split(data_cfg)
+
+
+def evaluate(results: Mapping[str, VideoResult], gt: GroundTruth) -> dict:
+    """Scores of the post-processed tracks against ``gt`` (same videos).
+
+    Returns:
+        ``{"videos": {id: st_iou}, "mean_st_iou", "presence": {precision, recall, f1, tp, fp, fn}, "map50"
+        (the tracks, with scores), "map50_raw" (every frame's best box, threshold-free)}``.
+    """
+    from refdet_core.eval.metrics import map50, presence_prf
+
+    sub_gt = {vid: gt.get(vid, {}) for vid in results}
+    out = st_iou(sub_gt, tracks(results))
+    return {
+        **out,
+        "presence": presence_prf(sub_gt, tracks(results)),
+        "map50": map50(sub_gt, tracks(results)),
+        "map50_raw": map50(sub_gt, raw_tracks(results)),
+    }
+
+
+def pick_frames(results: Mapping[str, VideoResult], gt: GroundTruth, n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` (video_id, frame) pairs to show, spread over the videos: half on GT frames, half on predicted ones."""
+    rng = np.random.default_rng(seed)
+    picks: list[tuple[str, int]] = []
+    pools = [
+        (vid, sorted(f for f, b in gt.get(vid, {}).items() if len(b)), sorted(r.track)) for vid, r in results.items()
+    ]
+    for i in range(n):
+        vid, gt_frames, pred_frames = pools[i % len(pools)]
+        pool = (gt_frames if i % 2 == 0 else pred_frames) or gt_frames or pred_frames or list(results[vid].frames)
+        picks.append((vid, int(rng.choice(pool))))
+    return sorted(set(picks))

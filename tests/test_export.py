@@ -1,0 +1,114 @@
+"""ONNX export: onnxruntime equals PyTorch, and the prototypes are a real input of the query graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from refdet_core.config import config_from_dict  # noqa: E402
+from refdet_core.eval.export import compare_onnx, example_inputs, export_onnx, proto_names  # noqa: E402
+from refdet_core.models.refdet import RefDet  # noqa: E402
+from refdet_core.train.checkpoint import save_checkpoint  # noqa: E402
+
+SIZE = 64
+TINY = {
+    "img_size": SIZE,
+    "support_size": SIZE,
+    "k_shot": 3,
+    "encoder_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": SIZE},
+    "width": 0.125,
+    "proto_dims": [8, 16, 24, 32],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny graphs run fastest on one thread on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(**overrides) -> RefDet:
+    cfg = config_from_dict({**TINY, **overrides}, source="test")
+    torch.manual_seed(0)
+    return RefDet(cfg.model, num_base_classes=2).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[RefDet, dict[str, Path]]:
+    model = tiny_model()
+    return model, export_onnx(model, tmp_path_factory.mktemp("onnx"), img_size=SIZE, support_size=SIZE, k_shot=3)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_onnx_matches_pytorch(exported) -> None:
+    model, paths = exported
+    diffs = compare_onnx(model, paths, img_size=SIZE, support_size=SIZE, k_shot=3, batch=3)  # export used batch 2
+    assert set(diffs) == {"proto_p2", "proto_p3", "proto_p4", "proto_p5", "boxes", "scores"}
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_prototypes_are_an_input_not_constants(exported) -> None:
+    """Other references -> other prototypes -> other scores (the original baked random prototypes in)."""
+    model, paths = exported
+    query, support_a = example_inputs(model, img_size=SIZE, support_size=SIZE, k_shot=3, seed=3)
+    _, support_b = example_inputs(model, img_size=SIZE, support_size=SIZE, k_shot=3, seed=4)
+    sup, qry = session(paths["support"]), session(paths["query"])
+    names = proto_names(model)
+    protos_a = sup.run(names, {"support": support_a.numpy()})
+    protos_b = sup.run(names, {"support": support_b.numpy()})
+    scores_a = qry.run(["scores"], {"query": query.numpy(), **dict(zip(names, protos_a))})[0]
+    scores_b = qry.run(["scores"], {"query": query.numpy(), **dict(zip(names, protos_b))})[0]
+    assert np.abs(scores_a - scores_b).max() > 1e-4
+    with torch.no_grad():
+        ref_b = model(query, support_b).scores.sigmoid().numpy()
+    np.testing.assert_allclose(scores_b, ref_b, atol=1e-4)
+
+
+def test_several_prototypes_at_once(exported) -> None:
+    """N is dynamic in both graphs: N = 2 videos give (B, A, 2) scores equal to PyTorch's."""
+    model, paths = exported
+    query, s1 = example_inputs(model, img_size=SIZE, support_size=SIZE, k_shot=3, seed=5)
+    _, s2 = example_inputs(model, img_size=SIZE, support_size=SIZE, k_shot=3, seed=6)
+    support = torch.cat([s1, s2])  # (2, K, 3, Ss, Ss)
+    names = proto_names(model)
+    protos = session(paths["support"]).run(names, {"support": support.numpy()})
+    assert [p.shape[0] for p in protos] == [2] * 4
+    boxes, scores = session(paths["query"]).run(
+        ["boxes", "scores"], {"query": query.numpy(), **dict(zip(names, protos))}
+    )
+    with torch.no_grad():
+        out = model(query, support)
+    assert scores.shape == tuple(out.scores.shape) and scores.shape[-1] == 2
+    np.testing.assert_allclose(scores, out.scores.sigmoid().numpy(), atol=1e-4)
+    np.testing.assert_allclose(boxes, out.boxes().numpy(), atol=1e-4)
+
+
+def test_export_from_checkpoint_without_p2(tmp_path: Path) -> None:
+    model = tiny_model(use_p2=False)
+    cfg = config_from_dict({**TINY, "use_p2": False}, source="test")
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, cfg=cfg, meta={"base_classes": ["a", "b"]})
+    paths = export_onnx(ckpt, tmp_path / "onnx")  # sizes from the checkpoint's config
+    manifest = json.loads(paths["manifest"].read_text())
+    assert manifest["img_size"] == SIZE and manifest["k_shot"] == 3
+    assert list(manifest["support"]["outputs"]) == ["proto_p3", "proto_p4", "proto_p5"]
+    assert [i.name for i in session(paths["query"]).get_inputs()] == ["query", "proto_p3", "proto_p4", "proto_p5"]
+    diffs = compare_onnx(model, paths, img_size=SIZE, support_size=SIZE, k_shot=3)
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_standard_head_cannot_export(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="standard"):
+        export_onnx(tiny_model(head_mode="standard"), tmp_path, img_size=SIZE, support_size=SIZE)
