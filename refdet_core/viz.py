@@ -24,8 +24,9 @@ def _fig(w: float = 7.0, h: float = 4.0, ncols: int = 1, nrows: int = 1) -> tupl
 
 def draw_boxes(ax: Any, boxes: np.ndarray, colour: str, label: str | None = None, lw: float = 1.5) -> None:
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=float).reshape(-1, 4)):
-        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=lw,
-                                   label=label if i == 0 else None))
+        ax.add_patch(
+            plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=lw, label=label if i == 0 else None)
+        )
 
 
 # ---------------------------------------------------------------- data (01)
@@ -40,8 +41,15 @@ def box_size_hist(sizes: pd.DataFrame) -> Figure:
     return fig
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], *, boxes: Sequence[Any] | None = None,
-               pred_boxes: Sequence[Any] | None = None, ncols: int = 4, size: float = 3.0) -> Figure:
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    boxes: Sequence[Any] | None = None,
+    pred_boxes: Sequence[Any] | None = None,
+    ncols: int = 4,
+    size: float = 3.0,
+) -> Figure:
     """RGB images in a grid, with ground-truth (green) and predicted (red) boxes when given."""
     n = len(images)
     nrows = max(1, (n + ncols - 1) // ncols)
@@ -60,15 +68,21 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], *, boxes: Se
     return fig
 
 
-def bar_chart(values: Mapping[str, float], *, ylabel: str, title: str, log: bool = False,
-              annotate: str = "{:.2f}") -> Figure:
+def bar_chart(
+    values: Mapping[str, float], *, ylabel: str, title: str, log: bool = False, annotate: str = "{:.2f}"
+) -> Figure:
     fig, ax = _fig(7, 3.5)
     a = ax[0, 0]
     names = list(values)
     bars = a.bar(names, [values[k] for k in names], color=PALETTE[: len(names)])
     for bar, name in zip(bars, names):
-        a.annotate(annotate.format(values[name]), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                   ha="center", va="bottom", fontsize=9)
+        a.annotate(
+            annotate.format(values[name]),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     a.set(ylabel=ylabel, title=title)
     if log:
         a.set_yscale("log")
@@ -76,8 +90,9 @@ def bar_chart(values: Mapping[str, float], *, ylabel: str, title: str, log: bool
     return fig
 
 
-def line_chart(df: pd.DataFrame, *, x: str, ys: Sequence[str], title: str, ylabel: str = "",
-               logy: bool = False) -> Figure:
+def line_chart(
+    df: pd.DataFrame, *, x: str, ys: Sequence[str], title: str, ylabel: str = "", logy: bool = False
+) -> Figure:
     fig, ax = _fig(7, 3.5)
     a = ax[0, 0]
     for i, y in enumerate(ys):
@@ -107,8 +122,12 @@ def param_breakdown(table: pd.DataFrame, *, reference: Mapping[str, float] | Non
     a.set(ylabel="parameters (M)", title=title or "parameters per module")
     a.legend()
     total = table.loc[mods, "total"]
-    ax[0, 1].pie(total, labels=[f"{m}\n{t / 1e6:.2f} M" for m, t in total.items()], autopct="%1.0f%%",
-                 colors=PALETTE[: len(mods)])
+    ax[0, 1].pie(
+        total,
+        labels=[f"{m}\n{t / 1e6:.2f} M" for m, t in total.items()],
+        autopct="%1.0f%%",
+        colors=PALETTE[: len(mods)],
+    )
     ax[0, 1].set_title(f"total {total.sum() / 1e6:.2f} M ({total.sum() / 50e6:.0%} of 50 M)")
     return fig
 
@@ -137,12 +156,12 @@ def training_curves(history: pd.DataFrame, *, terms: Sequence[str] = ()) -> Figu
     fig, ax = _fig(12, 3.6, ncols=2)
     a = ax[0, 0]
     a.plot(history["step"], history["loss"], label="loss", color=PALETTE[0], alpha=0.35)
-    a.plot(history["step"], history["loss"].rolling(10, min_periods=1).mean(), label="loss (mean of 10)",
-           color=PALETTE[0])
+    a.plot(
+        history["step"], history["loss"].rolling(10, min_periods=1).mean(), label="loss (mean of 10)", color=PALETTE[0]
+    )
     for i, t in enumerate(terms):
         if t in history:
-            a.plot(history["step"], history[t].rolling(10, min_periods=1).mean(), label=t, color=PALETTE[i + 1],
-                   lw=1)
+            a.plot(history["step"], history[t].rolling(10, min_periods=1).mean(), label=t, color=PALETTE[i + 1], lw=1)
     a.set(xlabel="optimizer step", ylabel="loss", title="training loss")
     a.set_yscale("log")
     a.legend(fontsize=8)
@@ -157,16 +176,22 @@ def st_iou_bars(model_scores: Mapping[str, float], baseline_scores: Mapping[str,
     fig, ax = _fig(max(6, 1.2 * len(vids) + 2), 3.5)
     x = np.arange(len(vids))
     ax[0, 0].bar(x - 0.2, [model_scores.get(v, 0) for v in vids], 0.4, label="RefDet", color=PALETTE[0])
-    ax[0, 0].bar(x + 0.2, [baseline_scores.get(v, 0) for v in vids], 0.4, label="template matching",
-                 color=PALETTE[7])
+    ax[0, 0].bar(x + 0.2, [baseline_scores.get(v, 0) for v in vids], 0.4, label="template matching", color=PALETTE[7])
     ax[0, 0].set_xticks(x, vids, rotation=15)
     ax[0, 0].set(ylabel="ST-IoU", ylim=(0, 1), title="ST-IoU per validation video")
     ax[0, 0].legend()
     return fig
 
 
-def timeline(frames: int, gt_frames: Sequence[int], pred_frames: Sequence[int], scores: np.ndarray | None,
-             *, title: str, thresholds: Sequence[float] = ()) -> Figure:
+def timeline(
+    frames: int,
+    gt_frames: Sequence[int],
+    pred_frames: Sequence[int],
+    scores: np.ndarray | None,
+    *,
+    title: str,
+    thresholds: Sequence[float] = (),
+) -> Figure:
     """Ground-truth vs predicted frames of one video, with the per-frame score curve."""
     fig, ax = _fig(10, 2.4)
     a = ax[0, 0]

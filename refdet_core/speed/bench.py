@@ -1,0 +1,265 @@
+"""Side-by-side training throughput of presets and options, in one process, interleaved and repeated.
+
+Every entry (a preset, or ``seed+<option>``) gets its training setup built once. After an untimed warm-up
+(compilation, support-cache prefill, worker start), rounds run round-robin: entry A ``episodes`` training
+steps, entry B, ..., ``repeats`` times; each round starts a fresh loader iterator with one untimed step, so a
+worker's prefetch never runs while another entry is timed. Reported: median episodes/s per entry, the ratio to
+``seed``, and the projected epoch time of the seed's workload (2,075 episodes of 2-way x 4-query = 16,595 query
+frames) at the sizes measured. The accuracy guard checks exact/close options (``guard.py``); lossy ones carry
+the accuracy change measured by notebook 04, when it has run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from refdet_core.config import RefDetConfig
+from refdet_core.speed.guard import run_guard
+from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, entry_config, fast_options
+from refdet_core.speed.profiler import apply_compile, build_setup, config_from_params, endless
+
+logger = logging.getLogger(__name__)
+
+SEED_QUERY_FRAMES = 16_595  # query frames of the seed's epoch
+SEED_EPISODES = 2_075  # ceil(16,595 / (2-way x 4-query))
+DEMO_BASE = {"data_root": "data/demo", "img_size": 320, "store_bg_share": 0.5, "cache_mb": 512, "n_way": 2,
+             "n_query": 4, "device": "auto"}  # fmt: skip
+
+
+def base_config(params: str | Path | None) -> RefDetConfig:
+    """Data root and sizes: a params YAML (config keys only), else the demo profile's (data/demo at 320 px)."""
+    from refdet_core.runner import project_root
+
+    if params is None:
+        default = project_root() / "params" / "demo" / "04_optimize.yaml"
+        return config_from_params(default) if default.is_file() else config_from_params(DEMO_BASE, source="demo")
+    return config_from_params(params)
+
+
+def entry_names(presets: list[str], options: list[str]) -> list[str]:
+    for name in presets:
+        if name.split("+")[0] not in PRESETS:
+            raise OptionError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    for name in options:
+        if name not in OPTIONS:
+            raise OptionError(f"unknown option {name!r}; choose from {', '.join(OPTIONS)}")
+    names = list(dict.fromkeys([*presets, *(f"seed+{o}" for o in options)]))
+    assert names, "nothing to bench: give at least one preset or option"
+    return names
+
+
+def prefill_support_cache(setup: Any) -> float:
+    """Encode every (training video, support variant) into the support-feature cache; returns seconds.
+
+    A training run does this once (like building the frame store); without it the first episodes pay the misses.
+    """
+    cache = getattr(setup.model, "support_feature_cache", None)
+    if cache is None:
+        return 0.0
+    from refdet_core.data.sampler import EpisodeSpec
+
+    dataset = setup.trainer.loader.dataset
+    variants = range(max(setup.cfg.speed.support_variants, 1)) if dataset.augment else range(1)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for vid in setup.train_ids:
+            for v in variants:
+                spec = EpisodeSpec(0, 0, (vid,), (0,), (0,), (0,), (0,), (v,), 0)
+                support = dataset._support(spec).to(setup.trainer.device)  # hook wanted: dataset.support(vid, v)
+                cache.tokens(support, [vid], torch.tensor([v]))
+    cache.hits = cache.misses = 0  # the report counts lookups of training steps only
+    return time.perf_counter() - start
+
+
+def train_step(setup: Any, batches: Any, epoch: int) -> None:
+    """One real training step through the trainer (forward, loss, backward, clip, optimizer step)."""
+    total, _ = setup.trainer._micro_step(next(batches), epoch, True)
+    setup.trainer._optimizer_step(bool(torch.isfinite(total)))
+
+
+def _sync(setup: Any) -> None:
+    if setup.trainer.device.type == "cuda":
+        torch.cuda.synchronize(setup.trainer.device)
+
+
+def run_round(setup: Any, episodes: int, epoch: int) -> float:
+    """A fresh loader iterator, one untimed step, then ``episodes`` timed steps; returns seconds."""
+    setup.model.train()
+    batches = endless(setup.trainer.loader, start_epoch=epoch)
+    try:
+        train_step(setup, batches, epoch)
+        _sync(setup)
+        start = time.perf_counter()
+        for _ in range(episodes):
+            train_step(setup, batches, epoch)
+        _sync(setup)
+        return time.perf_counter() - start
+    finally:
+        batches.close()
+
+
+def _param_counts(model: torch.nn.Module) -> dict[str, int]:
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def _build(names: list[str], base: RefDetConfig, warmup: int) -> dict[str, dict[str, Any]]:
+    built = {}
+    for name in tqdm(names, desc="build + warm-up", leave=False):
+        cfg = entry_config(name, base)
+        setup = build_setup(cfg)
+        apply_compile(setup)
+        prefill = prefill_support_cache(setup)
+        start = time.perf_counter()
+        if warmup:
+            run_round(setup, warmup - 1, epoch=0)
+        built[name] = {"setup": setup, "prefill_s": prefill, "warmup_s": time.perf_counter() - start, "times": []}
+    return built
+
+
+def _entry_report(name: str, entry: dict[str, Any], episodes: int) -> dict[str, Any]:
+    setup = entry["setup"]
+    eps = [episodes / t for t in entry["times"]]
+    median = statistics.median(eps)
+    cfg = setup.cfg
+    cache = getattr(setup.model, "support_feature_cache", None)
+    return {
+        "episodes_per_s": median,
+        "epoch_s_projected": SEED_EPISODES / median,
+        "step_ms": 1e3 / median,
+        "episodes_per_s_repeats": eps,
+        "prefill_s": entry["prefill_s"],
+        "warmup_s": entry["warmup_s"],
+        **_param_counts(setup.model),
+        "settings": {
+            k: cfg.flat()[k]
+            for k in (
+                "loader",
+                "img_size",
+                "support_size",
+                "support_cache",
+                "trainable_blocks",
+                "precision",
+                "num_workers",
+                "channels_last",
+                "compile",
+                "fused_adamw",
+            )
+        },  # fmt: skip
+        "support_cache": cache.stats() if cache is not None else None,
+    }
+
+
+def _accuracy_from_04(names: list[str]) -> dict[str, Any]:
+    """Accuracy change of lossy options from notebook 04's metrics (demo or full run), when present."""
+    from refdet_core.runner import project_root
+
+    out: dict[str, Any] = {}
+    for profile in ("full", "demo"):
+        path = project_root() / "outputs" / profile / "04_optimize" / "metrics.json"
+        if path.is_file():
+            acc = json.loads(path.read_text()).get("accuracy", {})
+            for name in names:
+                if name in acc and name not in out:
+                    out[name] = {**acc[name], "source": str(path)}
+    for name in names:
+        out.setdefault(name, {"source": None, "note": "not measured yet: run notebook 04 (demo profile)"})
+    return out
+
+
+def run_bench(
+    presets: list[str] | tuple[str, ...] = ("seed", "fast"),
+    options: list[str] | tuple[str, ...] = (),
+    episodes: int = 4,
+    repeats: int = 3,
+    params: str | Path | None = None,
+    *,
+    warmup: int = 1,
+    guard: bool = True,
+) -> dict[str, Any]:
+    """Bench presets and ``seed+<option>`` entries side by side; see the module docstring.
+
+    Returns:
+        ``{"presets": {name: {"episodes_per_s", "epoch_s_projected", ...}}, "speedup": {name: ratio_to_seed},
+        "projection": {...}, "guard": {...}, "accuracy": {...}, "machine": {...}}``.
+    """
+    assert episodes >= 1 and repeats >= 1, f"need episodes >= 1 and repeats >= 1, got {episodes}, {repeats}"
+    names = entry_names(list(presets), list(options))
+    base = base_config(params)
+    load_before = os.getloadavg()
+    built = _build(names, base, warmup)
+    for r in tqdm(range(repeats), desc="bench rounds", leave=False):
+        for entry in built.values():
+            entry["times"].append(run_round(entry["setup"], episodes, epoch=r + 1))
+    report = {name: _entry_report(name, entry, episodes) for name, entry in built.items()}
+    device = built[names[0]]["setup"].trainer.device
+    involved = _involved_options(names, device)
+    result = {
+        "presets": report,
+        "speedup": {n: r["episodes_per_s"] / report["seed"]["episodes_per_s"] for n, r in report.items()}
+        if "seed" in report
+        else {},
+        "projection": _projection(base),
+        "guard": run_guard([o for o in involved if OPTIONS[o].exactness != "lossy"], base) if guard else {},
+        "accuracy": _accuracy_from_04([o for o in involved if OPTIONS[o].exactness == "lossy"]),
+        "fast_options": fast_options(device),
+        "machine": machine_info(device, load_before),
+        "episodes": episodes,
+        "repeats": repeats,
+        "warmup": warmup,
+    }
+    for entry in built.values():
+        entry["setup"].trainer.loader = None  # drop persistent workers now
+    return result
+
+
+def _involved_options(names: list[str], device: torch.device) -> list[str]:
+    found: list[str] = []
+    for name in names:
+        head, *extra = name.split("+")
+        found += (fast_options(device) if head == "fast" else []) + extra
+    return list(dict.fromkeys(found))
+
+
+def _projection(base: RefDetConfig) -> dict[str, Any]:
+    d = base.data
+    return {
+        "episodes": SEED_EPISODES,
+        "query_frames": SEED_QUERY_FRAMES,
+        "measured_at": {"img_size": d.img_size, "n_way": d.n_way, "n_query": d.n_query},
+        "note": (
+            f"epoch_s_projected = {SEED_EPISODES} episodes / measured episodes/s, measured with {d.n_way}-way x "
+            f"{d.n_query}-query episodes at {d.img_size} px queries (support size per preset); the seed's epoch "
+            "ran at 640 px, so this projects the seed's episode count at the measured sizes only"
+        ),
+    }
+
+
+def machine_info(device: torch.device, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    from refdet_core.speed.options import cpu_cores
+
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").is_file():
+        lines = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = lines[0].split(":", 1)[1].strip() if lines else cpu
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "cpu": cpu,
+        "cores": cpu_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_before": list(load_before),
+        "load_after": list(os.getloadavg()),
+    }

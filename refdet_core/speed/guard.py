@@ -1,0 +1,113 @@
+"""The accuracy guard of the bench: exact and close options must give the seed's numbers (within tolerance).
+
+Two kinds of check, each against the ``seed`` preset at the bench's sizes:
+
+* data options (``frame_store``, ``workers``, ``cache_sizes``) must yield the same first training batch
+  (query, support and boxes equal);
+* compute options (``support_cache``, ``bf16``, ``channels_last``, ``compile``, ``fused_adamw``) must give the
+  same loss on a fixed validation episode, before and after one optimizer step from the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from refdet_core.config import RefDetConfig
+from refdet_core.speed.options import OPTIONS, apply_options, preset_config
+
+logger = logging.getLogger(__name__)
+
+DATA_OPTIONS = ("frame_store", "workers", "cache_sizes")
+
+
+def first_batch(cfg: RefDetConfig) -> Any:
+    """The first training batch of ``cfg``'s loader (no model built)."""
+    from refdet_core.data.episodes import make_loader, make_source
+    from refdet_core.data.layout import read_layout
+    from refdet_core.train.run import base_classes_of
+
+    layout = read_layout(cfg.data.data_root)
+    train_ids, _ = layout.split(cfg.data)
+    source = make_source(layout, cfg)
+    loader = make_loader(layout, source, train_ids, cfg, train=True, base_classes=base_classes_of(layout, train_ids))
+    return next(iter(loader))
+
+
+def batch_difference(a: Any, b: Any) -> float:
+    """Largest absolute difference over query, support and boxes (inf when shapes differ)."""
+    pairs = [(a.query, b.query), (a.support, b.support), *zip(a.boxes, b.boxes)]
+    worst = 0.0
+    for x, y in pairs:
+        if x.shape != y.shape:
+            return float("inf")
+        if x.numel():
+            worst = max(worst, float((x.float() - y.float()).abs().max()))
+    return worst
+
+
+def episode_losses(setup: Any, batch: Any) -> tuple[float, float]:
+    """Loss on ``batch`` (train mode), one optimizer step on it, the loss again: (before, after)."""
+    from refdet_core.speed.profiler import support_prototypes
+
+    trainer, model = setup.trainer, setup.model
+    model.train()
+    batch = batch.to(trainer.device)
+
+    def loss() -> torch.Tensor:
+        with trainer.autocast():
+            protos = support_prototypes(model, batch)
+            out = model.head(model.fusion(model.forward_features(batch.query), protos), protos)
+        return trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=0)[0]
+
+    before = loss()
+    trainer.scaler.scale(before).backward()
+    trainer._optimizer_step(bool(torch.isfinite(before)))
+    with torch.no_grad():
+        after = loss()
+    return float(before.detach()), float(after)
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), 1e-12)
+
+
+def _compute_checks(names: list[str], seed: RefDetConfig) -> dict[str, dict[str, Any]]:
+    from refdet_core.data.episodes import load_fixed_episode
+    from refdet_core.speed.profiler import build_setup
+
+    if not names:
+        return {}
+    ref = build_setup(seed)
+    batch = load_fixed_episode(ref.layout, ref.source, ref.train_ids, seed, base_classes=ref.base_classes)
+    weights = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    ref_losses = episode_losses(ref, batch)
+    out = {}
+    for name in names:
+        setup = build_setup(apply_options(seed, [name]))
+        setup.model.load_state_dict(weights)
+        losses = episode_losses(setup, batch)
+        diff = max(_relative(a, b) for a, b in zip(ref_losses, losses))
+        out[name] = {"check": "loss before/after one step", "seed": ref_losses, "option": losses, "rel_diff": diff}
+    return out
+
+
+def run_guard(names: list[str], base: RefDetConfig) -> dict[str, dict[str, Any]]:
+    """Check each exact/close option in ``names`` against the seed preset; ``ok`` per option."""
+    seed = preset_config("seed", base)
+    results: dict[str, dict[str, Any]] = {}
+    data = [n for n in names if n in DATA_OPTIONS]
+    if data:
+        ref = first_batch(seed)
+        for name in data:
+            diff = batch_difference(ref, first_batch(apply_options(seed, [name])))
+            results[name] = {"check": "first training batch", "max_abs_diff": diff, "rel_diff": diff}
+    results.update(_compute_checks([n for n in names if n not in DATA_OPTIONS], seed))
+    for name, r in results.items():
+        opt = OPTIONS[name]
+        r.update(exactness=opt.exactness, tolerance=opt.tolerance, ok=r["rel_diff"] <= opt.tolerance)
+        if not r["ok"]:
+            logger.warning("guard: %s differs from seed by %.3g (tolerance %.3g)", name, r["rel_diff"], opt.tolerance)
+    return results

@@ -1,0 +1,206 @@
+"""The optimization registry: every speed option as one named entry, and the ``seed`` and ``fast`` presets.
+
+Each ``Option`` says what it changes (as config overrides applied with ``config_from_dict(..., base=cfg)``),
+where it applies (``cpu``, ``gpu`` or ``both``) and whether it keeps the numbers: ``exact`` (same numbers),
+``close`` (within ``tolerance``, relative, on the loss of a fixed episode before and after one step) or
+``lossy`` (a different computation; its accuracy change is measured by a short training run in 04).
+
+``seed`` is the original's choices; ``fast`` is resolved on the machine it runs on (``fast_options``). Both
+build the same architecture with the same parameter count; they differ in how it is fed and computed, and in
+which encoder blocks train (``freeze_encoder``, lossy, measured).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from refdet_core.config import RefDetConfig, config_from_dict
+
+APPLIES = ("cpu", "gpu", "both")
+EXACTNESS = ("exact", "close", "lossy")
+
+
+class OptionError(ValueError):
+    """An unknown option or preset name; the message lists the valid choices."""
+
+
+Overrides = Mapping[str, Any] | Callable[[RefDetConfig], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One optimization: ``apply(cfg)`` returns a new config with ``overrides`` on top of ``cfg``."""
+
+    name: str
+    description: str
+    applies: str
+    exactness: str
+    overrides: Overrides = field(default_factory=dict)
+    tolerance: float = 0.0  # relative loss difference allowed for "close" entries
+
+    def __post_init__(self) -> None:
+        assert self.applies in APPLIES, f"{self.name}: applies must be one of {APPLIES}, got {self.applies!r}"
+        assert self.exactness in EXACTNESS, f"{self.name}: exactness must be one of {EXACTNESS}"
+
+    def resolve(self, cfg: RefDetConfig) -> dict[str, Any]:
+        """The overrides this option makes on ``cfg`` (callables see the config, e.g. its sizes)."""
+        return dict(self.overrides(cfg) if callable(self.overrides) else self.overrides)
+
+    def apply(self, cfg: RefDetConfig) -> RefDetConfig:
+        return config_from_dict(self.resolve(cfg), source=f"option {self.name}", base=cfg)
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _workers(cfg: RefDetConfig) -> dict[str, Any]:
+    # one worker per spare core (the main process computes); at least one so reads overlap the step
+    return {
+        "num_workers": max(1, min(4, cpu_cores() - 1)),
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": True,
+    }
+
+
+def _store_dir_for(cfg: RefDetConfig, size: int) -> dict[str, Any]:
+    """A frame store per query size, so that another size never rebuilds (and evicts) the default store."""
+    if cfg.data.store_dir:
+        return {"store_dir": f"{cfg.data.store_dir.rstrip('/')}_{size}"}
+    return {"store_dir": f"{cfg.data.data_root.rstrip('/')}/.frame_store_{size}"}
+
+
+def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
+    size = max(32, int(cfg.data.img_size * 0.8) // 32 * 32)  # 640 -> 512, 320 -> 256
+    return {"img_size": size, **_store_dir_for(cfg, size)}
+
+
+_ENTRIES = (
+    Option("frame_store", "frames from the decoded frame store (memmap + shared LRU) instead of a new "
+           "VideoCapture + seek per sample", "both", "exact", {"loader": "store"}),
+    Option("support_cache", "frozen encoder prefix computed once per reference video and augmentation variant "
+           "and reused (instead of re-encoding the references every episode); support augmentation draws from "
+           "support_variants fixed variants", "both", "exact", {"support_cache": True}),
+    Option("freeze_encoder", "all DINOv3 blocks frozen (the seed trained the last 6); same parameters, the "
+           "support cache then covers the whole encoder", "both", "lossy", {"trainable_blocks": 0}),
+    Option("bf16", "bf16 autocast (GPU, or CPU with AMX / AVX512-BF16; slower than fp32 elsewhere)", "both",
+           "close", {"precision": "bf16"}, tolerance=0.05),
+    Option("channels_last", "channels_last memory format for the YOLO CNN", "both", "close",
+           {"channels_last": True}, tolerance=1e-3),
+    Option("compile", "torch.compile of backbone, fusion and head (static episode shapes)", "both", "close",
+           {"compile": True}, tolerance=1e-3),
+    Option("fused_adamw", "fused AdamW kernel (CUDA)", "gpu", "close", {"fused_adamw": True}, tolerance=1e-4),
+    Option("workers", "DataLoader workers sized to the cores, persistent, pinned memory on CUDA", "both",
+           "exact", _workers),
+    Option("cache_sizes", "frame LRU 2 GiB instead of 512 MiB", "both", "exact", {"cache_mb": 2048}),
+    Option("support_256", "references at 256 px instead of the seed's 512 (4x fewer encoder tokens)", "both",
+           "lossy", {"support_size": 256}),
+    Option("small_encoder", "DINOv3 ViT-Tiny instead of ViT-S (different architecture and parameter count)",
+           "both", "lossy", {"encoder": "vit_tiny_patch16_dinov3_qkvb"}),
+    Option("int8_encoder", "INT8 dynamic quantization of the frozen encoder blocks", "cpu", "lossy",
+           {"int8_encoder": True}),
+    Option("cheaf", "CHEAF fusion instead of PSALM (different architecture)", "both", "lossy", {"fusion": "cheaf"}),
+    Option("query_512", "query resolution 0.8x (640 -> 512; at a 320 profile 256)", "both", "lossy",
+           _smaller_query),
+    Option("skip_p2", "no P2 (stride-4) level in fusion and head", "both", "lossy", {"use_p2": False}),
+    Option("loss_schedule", "dynamic loss schedule: contrastive weights halved after epoch 0", "both", "lossy",
+           {"contrastive_decay_epoch": 0, "contrastive_decay": 0.5}),
+    Option("wiou_v1", "WIoU v1 box loss instead of v3 (no focusing)", "both", "lossy", {"box_loss": "wiou_v1"}),
+    Option("num_aug_1", "one augmented variant per frame per epoch instead of the seed's 3", "both", "lossy",
+           {"num_aug": 1}),
+)  # fmt: skip
+
+OPTIONS: dict[str, Option] = {o.name: o for o in _ENTRIES}
+
+SEED_OVERRIDES: dict[str, Any] = {
+    "loader": "seek",
+    "support_size": 512,
+    "support_cache": False,
+    "precision": "fp32",
+    "num_workers": 1,
+    "persistent_workers": False,
+    "channels_last": False,
+    "compile": False,
+    "fused_adamw": False,
+    "num_aug": 3,
+    "cache_mb": 512,
+}
+FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", "workers", "cache_sizes")
+
+
+def fast_options(device: torch.device | str | None = None) -> list[str]:
+    """The options of the ``fast`` preset on ``device`` (default: CUDA when available, else CPU)."""
+    from refdet_core.train.optim import bf16_supported
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = list(FAST_ALWAYS)
+    if bf16_supported(device):
+        names.append("bf16")
+    if device.type == "cuda":  # on this project's CPUs both measured no gain (docs/speed.md)
+        names += ["channels_last", "compile", "fused_adamw"]
+    return names
+
+
+PRESETS = ("seed", "fast")
+
+
+def check_names(names: Iterable[str], valid: Iterable[str], what: str) -> list[str]:
+    valid = list(valid)
+    names = list(names)
+    for name in names:
+        if name not in valid:
+            raise OptionError(f"unknown {what} {name!r}; choose from {', '.join(valid)}")
+    return names
+
+
+def seed_config(base: RefDetConfig) -> RefDetConfig:
+    """The original's choices; half the encoder blocks train (6 of ViT-S's 12; tiny test encoders: half theirs)."""
+    extra = {
+        "pin_memory": torch.cuda.is_available() and base.train.device != "cpu",
+        "trainable_blocks": int(base.model.encoder_kwargs.get("depth", 12)) // 2,
+    }
+    return config_from_dict({**SEED_OVERRIDES, **extra}, source="preset seed", base=base)
+
+
+def apply_options(cfg: RefDetConfig, names: Iterable[str]) -> RefDetConfig:
+    for name in check_names(names, OPTIONS, "option"):
+        cfg = OPTIONS[name].apply(cfg)
+    return cfg
+
+
+def preset_config(name: str, base: RefDetConfig, *, device: torch.device | str | None = None) -> RefDetConfig:
+    """``seed`` or ``fast`` on top of ``base`` (which gives data root and sizes)."""
+    check_names([name], PRESETS, "preset")
+    seed = seed_config(base)
+    return seed if name == "seed" else apply_options(seed, fast_options(device))
+
+
+def entry_config(name: str, base: RefDetConfig) -> RefDetConfig:
+    """A bench entry: a preset name, or ``seed+opt1+opt2`` (options on top of seed)."""
+    head, *extra = name.split("+")
+    if head not in PRESETS:
+        raise OptionError(f"unknown preset {head!r}; choose from {', '.join(PRESETS)}")
+    return apply_options(preset_config(head, base), extra)
+
+
+def option_table() -> list[dict[str, Any]]:
+    """One row per option: name, applies, exactness, tolerance, description (for 04's table)."""
+    return [
+        {"name": o.name, "applies": o.applies, "exactness": o.exactness, "tolerance": o.tolerance,
+         "description": o.description}
+        for o in OPTIONS.values()
+    ]  # fmt: skip
+
+
+def params_snippet(base: RefDetConfig, names: Iterable[str]) -> dict[str, Any]:
+    """Config keys of ``seed`` + ``names`` that a training params file (notebook 05) should set."""
+    cfg = apply_options(seed_config(base), names).flat()
+    keys = list(SEED_OVERRIDES) + ["pin_memory", "trainable_blocks"]
+    for name in names:
+        keys += list(OPTIONS[name].resolve(seed_config(base)))
+    return {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]) for k in dict.fromkeys(keys)}

@@ -1,0 +1,248 @@
+"""Per-component timing of a full training step (DESIGN.md section 7): the profile the original never made.
+
+One step = data wait (``next(loader)`` + copy to the device), support encoding (through the support-feature
+cache when the config uses it), backbone, fusion, head, loss, backward, optimizer step. The stages are called
+in the order of ``RefDet.forward`` with the trainer's own autocast, loss, scaler and ``_optimizer_step``, so the
+step computes what ``Trainer._micro_step`` computes (a test checks the loss is equal). On CUDA every component
+is bracketed by ``torch.cuda.synchronize()``; the same code runs on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from refdet_core.config import FLAT_KEYS, RefDetConfig, config_from_dict, read_yaml
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("data", "support", "backbone", "fusion", "head", "loss", "backward", "optimizer")
+COMPILED_STAGES = ("backbone", "fusion", "head")
+
+
+def build_setup(cfg: RefDetConfig) -> Any:
+    """``build_training`` without an output folder, plus the speed settings it leaves to us (compile)."""
+    from refdet_core.train.run import build_training
+
+    setup = build_training(cfg, out_dir=None, progress=False)
+    apply_compile(setup)
+    return setup
+
+
+def apply_compile(setup: Any) -> bool:
+    """``speed.compile``: compile backbone, fusion and head in place (state-dict keys unchanged).
+
+    Each stage is its own graph with static shapes (episodes have a fixed size), so the profiler can still
+    time the stages separately. The trainer would do this in ``build_training`` (see docs/speed.md).
+    """
+    model = setup.model
+    if not setup.cfg.speed.compile or getattr(model, "_stages_compiled", False):
+        return False
+    for name in COMPILED_STAGES:
+        getattr(model, name).compile(dynamic=False)
+    model._stages_compiled = True
+    return True
+
+
+def endless(loader: Any, start_epoch: int = 0) -> Iterator[Any]:
+    """Batches of ``loader`` over as many epochs as needed (``set_epoch`` called for each)."""
+    epoch = start_epoch
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+class Clock:
+    """Accumulates seconds per component name; synchronises CUDA around each so kernels are inside."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.seconds: dict[str, float] = dict.fromkeys(COMPONENTS, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.sync()
+        start = time.perf_counter()
+        with torch.profiler.record_function(name):
+            yield
+        self.sync()  # note: CPU-GPU sync, only in the profiler
+        self.seconds[name] += time.perf_counter() - start
+
+
+def support_prototypes(model: Any, batch: Any) -> list[torch.Tensor] | None:
+    """Prototypes per scale (N, D_s) as the trainer's forward makes them: cached frozen tokens or re-encoding."""
+    if model.head.mode == "standard":
+        return None
+    cache = getattr(model, "support_feature_cache", None)
+    if cache is None:
+        return model.encode_support(batch.support).per_scale
+    tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)  # (N, K, T, E)
+    return model.support_encoder.from_frozen(tokens.flatten(0, 1), k=tokens.shape[1]).per_scale
+
+
+def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int = 0) -> torch.Tensor:
+    """One full training step, each component timed into ``clock``; returns the (detached) loss."""
+    trainer, model = setup.trainer, setup.model
+    with clock("data"):
+        batch = next(batches).to(trainer.device, non_blocking=True)
+    with trainer.autocast():
+        with clock("support"):
+            protos = support_prototypes(model, batch)
+        with clock("backbone"):
+            feats = model.forward_features(batch.query)
+        with clock("fusion"):
+            fused = model.fusion(feats, protos)
+        with clock("head"):
+            out = model.head(fused, protos)
+    with clock("loss"):
+        total, _ = trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=epoch)
+    with clock("backward"):
+        trainer.scaler.scale(total / trainer.cfg.train.grad_accum).backward()
+    with clock("optimizer"):
+        trainer._optimizer_step(bool(torch.isfinite(total)))
+    return total.detach()
+
+
+def cache_stats(setup: Any) -> dict[str, Any]:
+    """Frame-source and support-feature-cache counters (hits, misses, hit_rate); None where there is none."""
+    src = setup.source.stats() if hasattr(setup.source, "stats") else {}
+    frames = {k: src[k] for k in ("hits", "misses", "hit_rate") if k in src}
+    cache = getattr(setup.model, "support_feature_cache", None)
+    return {"frames": frames or None, "support": cache.stats() if cache is not None else None}
+
+
+def _reset_stats(setup: Any) -> None:
+    if hasattr(setup.source, "reset_stats"):
+        setup.source.reset_stats()
+    cache = getattr(setup.model, "support_feature_cache", None)
+    if cache is not None:
+        cache.hits = cache.misses = 0
+
+
+def _trace_context(trace: str | Path | None, device: torch.device) -> contextlib.AbstractContextManager:
+    if not trace:
+        return contextlib.nullcontext()
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=acts, record_shapes=False)
+
+
+def _summary(step_s: list[float], clock: Clock, steps: int) -> dict[str, Any]:
+    total = sum(clock.seconds.values())
+    components = {
+        name: {"ms": 1e3 * s / steps, "pct": 100.0 * s / total if total else 0.0} for name, s in clock.seconds.items()
+    }
+    mean_s = statistics.fmean(step_s)
+    return {
+        "components": components,
+        "step_ms": 1e3 * mean_s,
+        "step_ms_median": 1e3 * statistics.median(step_s),
+        "components_sum_ms": 1e3 * total / steps,
+        "episodes_per_s": 1.0 / mean_s,
+    }
+
+
+def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: str | Path | None = None) -> dict:
+    """Time ``warmup`` + ``steps`` full training steps of a ``TrainingSetup`` (or a config, built here).
+
+    Returns:
+        ``{"components": {name: {"ms", "pct"}}, "step_ms", "episodes_per_s", "cache": {"frames", "support"},
+        "device", "steps", "warmup", "losses", "trace"}`` (ms per step, means over the measured steps).
+    """
+    assert steps >= 1 and warmup >= 0, f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}"
+    setup = build_setup(setup_or_cfg) if isinstance(setup_or_cfg, RefDetConfig) else setup_or_cfg
+    apply_compile(setup)
+    device = setup.trainer.device
+    setup.model.train()
+    batches = endless(setup.trainer.loader)
+    for _ in range(warmup):
+        timed_step(setup, batches, Clock(device))
+    _reset_stats(setup)
+    clock, step_s, losses = Clock(device), [], []
+    with _trace_context(trace, device) as prof:
+        for _ in range(steps):
+            start = time.perf_counter()
+            losses.append(float(timed_step(setup, batches, clock)))
+            step_s.append(time.perf_counter() - start)
+    if prof is not None:
+        Path(trace).parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+    batches.close()  # shuts DataLoader workers down now, not at garbage collection
+    report = _summary(step_s, clock, steps)
+    report.update(
+        cache=cache_stats(setup),
+        device=str(device),
+        steps=steps,
+        warmup=warmup,
+        losses=losses,
+        trace=str(trace) if trace else None,
+        threads=torch.get_num_threads(),
+    )
+    return report
+
+
+def config_from_params(params: str | Path | dict[str, Any], *, source: str | None = None) -> RefDetConfig:
+    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped."""
+    data = read_yaml(params) if not isinstance(params, dict) else params
+    return config_from_dict({k: v for k, v in data.items() if k in FLAT_KEYS}, source=source or str(params))
+
+
+def profile_from_params(
+    params: str | Path, *, steps: int = 5, warmup: int = 2, trace: str | Path | None = None
+) -> dict[str, Any]:
+    """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``."""
+    cfg = config_from_params(params)
+    report = profile_step(cfg, steps=steps, warmup=warmup, trace=trace)
+    report["params"] = str(params)
+    return report
+
+
+def profile_entries(names: list[str], base: RefDetConfig, *, steps: int, warmup: int) -> dict[str, dict]:
+    """Profile each bench entry (``seed``, ``fast``, ``seed+opt``) at the sizes of ``base``."""
+    from refdet_core.speed.bench import prefill_support_cache
+    from refdet_core.speed.options import entry_config
+
+    out = {}
+    for name in names:
+        setup = build_setup(entry_config(name, base))
+        prefill_support_cache(setup)  # as a training run does once; not part of the step
+        out[name] = profile_step(setup, steps=steps, warmup=warmup)
+    return out
+
+
+def breakdown_table(reports: dict[str, dict]) -> pd.DataFrame:
+    """Rows = entries, columns = component ms, then step_ms and episodes_per_s."""
+    rows = {
+        name: {**{c: r["components"][c]["ms"] for c in COMPONENTS}, "step_ms": r["step_ms"],
+               "episodes_per_s": r["episodes_per_s"]}
+        for name, r in reports.items()
+    }  # fmt: skip
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def scaling_table(
+    base: RefDetConfig, *, preset: str, grid: dict[str, list[int]], steps: int, warmup: int
+) -> pd.DataFrame:
+    """Component ms of ``preset`` as one episode dimension grows (others at ``base``); rows ``key=value``."""
+    from refdet_core.speed.options import _store_dir_for
+
+    rows = {}
+    for key, values in grid.items():
+        for value in values:
+            extra = _store_dir_for(base, value) if key == "img_size" and value != base.data.img_size else {}
+            cfg = config_from_dict({key: value, **extra}, source=f"scaling {key}", base=base)
+            report = profile_entries([preset], cfg, steps=steps, warmup=warmup)[preset]
+            rows[f"{key}={value}"] = {c: report["components"][c]["ms"] for c in COMPONENTS}
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,0 +1,154 @@
+"""The speed program: registry, presets, profiler, bench JSON, accuracy guard, exactness of exact options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from refdet_core.config import RefDetConfig, config_from_dict
+from refdet_core.models.params import param_summary
+from refdet_core.models.refdet import validate_model_config
+from refdet_core.speed import guard
+from refdet_core.speed.bench import run_bench
+from refdet_core.speed.options import OPTIONS, OptionError, apply_options, entry_config, fast_options, preset_config
+from refdet_core.speed.profiler import COMPONENTS, build_setup, profile_step, timed_step
+
+TINY = {
+    "img_size": 64,
+    "support_size": 64,
+    "n_way": 2,
+    "n_query": 2,
+    "episodes_per_epoch": 4,
+    "encoder": "vit_tiny_patch16_dinov3_qkvb",
+    "encoder_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 64},
+    "proto_dims": [8, 8, 16, 16],
+    "width": 0.0625,
+    "device": "cpu",
+    "precision": "fp32",
+    "store_bg_share": 0.5,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core machine are fastest (and least noisy) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base(demo_root, tmp_path_factory) -> RefDetConfig:
+    store = tmp_path_factory.mktemp("speed") / "store"
+    return config_from_dict({**TINY, "data_root": str(demo_root), "store_dir": str(store)})
+
+
+def small(cfg: RefDetConfig) -> RefDetConfig:
+    """The seed's 512 px references are too slow for unit tests; everything else stays."""
+    return config_from_dict({"support_size": 64}, base=cfg)
+
+
+@pytest.mark.parametrize("name", list(OPTIONS))
+def test_every_option_applies_and_validates(base, name):
+    seed = preset_config("seed", base)
+    opt = OPTIONS[name]
+    cfg = opt.apply(seed)
+    validate_model_config(cfg.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size)
+    flat = cfg.flat()
+    assert all(flat[k] == v or isinstance(v, list) for k, v in opt.resolve(seed).items())
+    assert opt.description and opt.applies in ("cpu", "gpu", "both")
+    assert opt.exactness in ("exact", "close", "lossy")
+    assert opt.exactness != "close" or opt.tolerance > 0, f"{name}: a close option needs a tolerance"
+
+
+def test_seed_preset_is_the_original(base):
+    seed = preset_config("seed", base).flat()
+    assert seed["loader"] == "seek" and seed["support_size"] == 512 and seed["support_cache"] is False
+    assert seed["precision"] == "fp32" and seed["num_workers"] == 1 and seed["compile"] is False
+    assert seed["trainable_blocks"] == 1, "half the (tiny, 2-block) encoder trains, as 6 of 12 in the seed"
+
+
+def test_presets_train_the_same_model(base):
+    seed, fast = param_summary(preset_config("seed", base)), param_summary(preset_config("fast", base))
+    assert seed["total"] == fast["total"]
+    assert seed["modules"].keys() == fast["modules"].keys()
+    assert fast["trainable"] < seed["trainable"], "fast freezes the encoder (lossy, measured in 04)"
+
+
+def test_fast_preset_resolves_for_the_machine():
+    names = fast_options("cpu")
+    from refdet_core.train.optim import bf16_supported
+
+    assert ("bf16" in names) == bf16_supported(torch.device("cpu"))
+    assert "compile" not in names and "fused_adamw" not in names
+    assert {"frame_store", "support_cache", "workers"} <= set(names)
+    assert "compile" in fast_options("cuda") if torch.cuda.is_available() else True
+
+
+def test_unknown_option_and_preset_name_the_choices(base):
+    with pytest.raises(OptionError, match=r"unknown option 'warp'.*frame_store.*support_cache"):
+        apply_options(base, ["warp"])
+    with pytest.raises(OptionError, match=r"unknown preset 'fastest'.*seed, fast"):
+        preset_config("fastest", base)
+    with pytest.raises(OptionError, match=r"unknown option 'warp'"):
+        entry_config("seed+warp", base)
+    with pytest.raises(OptionError, match=r"unknown preset 'turbo'"):
+        run_bench(["turbo"], [], episodes=1, repeats=1)
+
+
+def test_profiler_components_sum_to_the_step(base):
+    report = profile_step(small(preset_config("fast", base)), steps=2, warmup=1)
+    assert list(report["components"]) == list(COMPONENTS)
+    total = sum(c["ms"] for c in report["components"].values())
+    assert total == pytest.approx(report["step_ms"], rel=0.10)
+    assert sum(c["pct"] for c in report["components"].values()) == pytest.approx(100.0, abs=1e-6)
+    assert report["episodes_per_s"] == pytest.approx(1e3 / report["step_ms"])
+    assert report["cache"]["support"]["hits"] + report["cache"]["support"]["misses"] == 2 * 2
+    assert report["cache"]["frames"]["hits"] + report["cache"]["frames"]["misses"] > 0
+
+
+def test_profiled_step_is_the_trainers_step(base):
+    """The profiler's stage-by-stage step computes the same loss as Trainer._micro_step on the same batch."""
+    cfg = small(preset_config("fast", base))
+    a, b = build_setup(cfg), build_setup(cfg)
+    b.model.load_state_dict(a.model.state_dict())
+    batch = next(iter(a.trainer.loader))
+    from refdet_core.speed.profiler import Clock
+
+    loss_a = timed_step(a, iter([batch]), Clock(torch.device("cpu")))
+    loss_b, _ = b.trainer._micro_step(batch, 0, True)
+    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+
+
+def test_frame_store_gives_the_seek_readers_batches(base):
+    seed = small(preset_config("seed", base))
+    assert guard.batch_difference(guard.first_batch(seed), guard.first_batch(apply_options(seed, ["frame_store"]))) == 0
+
+
+def test_support_cache_equals_reencoding_when_frozen(base):
+    from refdet_core.data.episodes import load_fixed_episode
+
+    plain = config_from_dict({"trainable_blocks": 0, "support_cache": False}, base=base)
+    a, b = build_setup(plain), build_setup(config_from_dict({"support_cache": True}, base=plain))
+    b.model.load_state_dict(a.model.state_dict())
+    assert getattr(b.model, "support_feature_cache", None) is not None
+    batch = load_fixed_episode(a.layout, a.source, a.train_ids, plain, base_classes=a.base_classes)
+    assert guard.episode_losses(a, batch) == guard.episode_losses(b, batch)  # before and after one step
+    assert b.model.support_feature_cache.hits >= 1
+
+
+def test_bench_json_shape(base, tmp_path):
+    params = tmp_path / "bench.yaml"
+    params.write_text(yaml.safe_dump({**base.flat(), "run_dir": "ignored"}))
+    r = run_bench(["seed", "fast"], [], episodes=1, repeats=1, params=params)
+    assert set(r["presets"]) == {"seed", "fast"}
+    for p in r["presets"].values():
+        assert p["episodes_per_s"] > 0 and p["epoch_s_projected"] == pytest.approx(2075 / p["episodes_per_s"])
+    assert r["speedup"]["seed"] == 1.0 and r["speedup"]["fast"] > 0
+    assert r["presets"]["seed"]["params"] == r["presets"]["fast"]["params"]
+    assert r["projection"]["measured_at"]["img_size"] == 64
+    assert {"frame_store", "support_cache", "workers", "cache_sizes"} <= set(r["guard"])
+    assert all(g["ok"] for g in r["guard"].values()), r["guard"]
+    assert set(r["accuracy"]) >= {"freeze_encoder", "support_256"}
