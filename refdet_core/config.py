@@ -38,6 +38,7 @@ class DataConfig:
     bg_share: float = 0.25  # share of episode query frames drawn from background (object absent)
     num_aug: int = 1  # augmented variants of each frame per epoch
     augment: bool = True  # random augmentation on training episodes (never on validation)
+    joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
     crop_native: bool = False  # crop img_size windows from native frames instead of letterboxing the whole frame
     store_dir: str = ""  # frame store folder; empty = <root>/.frame_store
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
@@ -112,7 +113,7 @@ class SpeedConfig:
     compile: bool = False  # torch.compile the query path (static episode shapes)
     fused_adamw: bool = False
     support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
-    support_variants: int = 4  # augmented reference variants kept in the support cache
+    support_variants: int = 6  # augmented reference variants kept in the support cache (6 = every joint colour)
 
 
 SECTIONS: dict[str, type] = {
@@ -310,6 +311,11 @@ def config_from_dict(
     cfg = RefDetConfig(**sections)
     _validate(cfg, source)
     return cfg
+
+
+def config_items(d: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``d`` that are config keys (flat, dotted or whole sections); others (``run_dir``) dropped."""
+    return {k: v for k, v in d.items() if k in FIELD_SECTION or k in SECTIONS or k.split(".", 1)[0] in SECTIONS}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

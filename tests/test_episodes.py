@@ -201,3 +201,31 @@ def test_loader_with_two_workers_counts_cache_reads(layout, ids, tmp_path):
     s = fs.stats()
     assert s["hits"] + s["misses"] == 2 * 8 * 6 and s["hits"] > 0
     assert not torch.equal(epochs[0][0].query, epochs[1][0].query)
+
+
+def test_joint_colour_permutation_is_tied_to_the_support_variant(demo_root, tmp_path):
+    from refdet_core.config import config_from_dict
+    from refdet_core.data.episodes import COLOUR_PERMS, EpisodeDataset, make_sampler, make_source
+    from refdet_core.data.layout import read_layout
+
+    cfg = config_from_dict(
+        {
+            "data_root": str(demo_root),
+            "store_dir": str(tmp_path / "s"),
+            "img_size": 96,
+            "support_size": 32,
+            "n_way": 2,
+            "n_query": 1,
+        }
+    )
+    layout = read_layout(demo_root)
+    ids = [v for v in layout.videos if layout.videos[v].annotated_frames][:2]
+    source = make_source(layout, cfg)
+    train = EpisodeDataset(layout, source, ids, cfg.data, train=True, base_classes=[])
+    val = EpisodeDataset(layout, source, ids, cfg.data, train=False, base_classes=[])
+    spec = next(iter(make_sampler(layout, source, ids, cfg, train=True, episodes=1)))
+    for c, variant in enumerate(spec.support_variant):
+        assert 0 <= variant < cfg.speed.support_variants
+        assert train.colour_perm(spec, c) == COLOUR_PERMS[variant]
+        assert val.colour_perm(spec, c) is None
+    assert COLOUR_PERMS[0] == (0, 1, 2)  # variant 0 (the clean references) keeps the colours

@@ -91,6 +91,9 @@ class EpisodeBatch:
             assert bool(((bx[:, 2] > bx[:, 0]) & (bx[:, 3] > bx[:, 1])).all()), "a box with w or h <= 0"
 
 
+COLOUR_PERMS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
+
+
 class EpisodeDataset:
     """Map-style dataset over ``EpisodeSpec``s: ``dataset[spec] -> EpisodeBatch``.
 
@@ -132,10 +135,25 @@ class EpisodeDataset:
             refs = self._refs[video_id] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
         return refs
 
+    def colour_perm(self, spec: EpisodeSpec, c: int) -> tuple[int, int, int] | None:
+        """The joint colour transform of episode video ``c``: an RGB channel permutation applied to its references
+        and to its query frames alike, so every video also trains as 5 new instances with the same shape.
+
+        Tied to the support variant (so cached support features stay right); variant 0 is the identity.
+        """
+        if not (self.augment and getattr(self.cfg, "joint_colour", False)):
+            return None
+        variant = spec.support_variant[c]
+        index = variant if variant >= 0 else mix_seed(spec.seed, "colour", c)
+        return COLOUR_PERMS[index % len(COLOUR_PERMS)]
+
     def _support(self, spec: EpisodeSpec) -> torch.Tensor:
         out = []
         for c, vid in enumerate(spec.videos):
             refs, variant = self.references(vid), spec.support_variant[c]
+            perm = self.colour_perm(spec, c)
+            if perm is not None:
+                refs = refs[:, list(perm)]
             if not self.augment or variant == 0:
                 out.append(refs)
                 continue
@@ -164,6 +182,10 @@ class EpisodeDataset:
     def __getitem__(self, spec: EpisodeSpec) -> EpisodeBatch:
         assert isinstance(spec, EpisodeSpec), f"index an EpisodeDataset with an EpisodeSpec, got {type(spec)}"
         items = [self._query(spec.videos[c], f, c) for c, f in zip(spec.query_class, spec.query_frame)]
+        for i, c in enumerate(spec.query_class):
+            perm = self.colour_perm(spec, c)
+            if perm is not None:
+                items[i] = (items[i][0][list(perm)], *items[i][1:])
         imgs, boxes, labels = [], [], []
         for i, (img, bx, lab, _) in enumerate(items):
             if self.augment:

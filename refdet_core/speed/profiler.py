@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from refdet_core.config import FLAT_KEYS, RefDetConfig, config_from_dict, read_yaml
+from refdet_core.config import RefDetConfig, config_from_dict, config_items, read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
 def config_from_params(params: str | Path | dict[str, Any], *, source: str | None = None) -> RefDetConfig:
     """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped."""
     data = read_yaml(params) if not isinstance(params, dict) else params
-    return config_from_dict({k: v for k, v in data.items() if k in FLAT_KEYS}, source=source or str(params))
+    return config_from_dict(config_items(data), source=source or str(params))
 
 
 def profile_from_params(
