@@ -104,6 +104,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     log_every: int = 1  # optimizer steps between history rows
     checkpoint_every: int = 1  # epochs between checkpoints
+    bn_recalibrate: int = 20  # episodes that recompute BatchNorm statistics with the final weights (0 = off)
 
 
 @dataclass

@@ -24,3 +24,15 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_copy(demo_root: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny demo set that a test may alter."""
     return Path(shutil.copytree(demo_root, tmp_path / "demo"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run tiny models: one torch thread is fastest for them, and stays fast on a shared 2-core machine
+    (with two threads, OpenMP workers of concurrent processes spin against each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from refdet_core.data.augment import (
@@ -17,15 +16,6 @@ S = 96
 STRONG = QueryAugConfig(
     hflip=0.5, vflip=0.5, affine=1.0, scale=(0.5, 1.6), translate=0.45, degrees=30, color=0.5, blur=0.3, noise=0.3
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Augmentation runs in DataLoader workers with one thread each; so do these tests (tiny tensors)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _sample(seed: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

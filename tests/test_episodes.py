@@ -23,14 +23,6 @@ from refdet_core.data.layout import read_layout
 SIZE, SUPPORT = 96, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def layout(demo_root):
     return read_layout(demo_root)

@@ -28,15 +28,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny graphs run fastest on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(**overrides) -> RefDet:
     cfg = config_from_dict({**TINY, **overrides}, source="test")
     torch.manual_seed(0)

@@ -30,15 +30,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core machine are fastest (and least noisy) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def base(demo_root, tmp_path_factory) -> RefDetConfig:
     store = tmp_path_factory.mktemp("speed") / "store"

@@ -44,15 +44,6 @@ TINY = {
 ALL_FRAMES = {"enter": 0.0, "leave": 0.0}  # post-processing that keeps every frame: submissions are never empty
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of a tiny untrained RefDet whose meta keeps every frame in post-processing."""

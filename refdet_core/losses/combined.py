@@ -74,6 +74,9 @@ def pad_targets(
     return gt_boxes, gt_labels, gt_base, gt_mask
 
 
+MIN_BOX_WEIGHT = 0.01  # floor of a positive's weight in the box and DFL means
+
+
 class CombinedLoss(nn.Module):
     """Weighted sum of all training losses; holds the assigner and the (stateful) box loss.
 
@@ -168,9 +171,15 @@ class CombinedLoss(nn.Module):
     def _box_terms(
         self, box_logits: Tensor, pred_boxes: Tensor, anchors: Tensor, strides: Tensor, assign: Assignment, norm: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Box and DFL losses on positives, weighted by their score target; each ()."""
+        """Box and DFL losses: means over positives weighted by their score target; each ().
+
+        A weighted mean (YOLOv8's ``/ max(sum, 1)`` whenever the targets sum past 1). Tiny objects start with IoU
+        near 0, so their targets sum far below 1: the floor on the weight and the plain normaliser keep their box
+        gradient from vanishing.
+        """
         fg = assign.fg  # (B, A)
-        weight = assign.target_scores[fg]  # (M,)
+        weight = assign.target_scores[fg].clamp(min=MIN_BOX_WEIGHT)  # (M,)
+        norm = weight.sum().clamp(min=1e-6)
         box = (self.box_loss(pred_boxes[fg], assign.boxes[fg]) * weight).sum() / norm
         a_idx = fg.nonzero()[:, 1]  # anchor index of each positive
         dist = bbox_to_dist(assign.boxes[fg], anchors[a_idx], strides[a_idx], self.reg_max)  # (M, 4)

@@ -129,8 +129,9 @@ def _shape(x: object) -> str:
 
 
 @torch.no_grad()
-def stage_shapes(model: RefDet, img_size: int, support_size: int, n_way: int, batch: int, *, k_shot: int = 3
-                 ) -> pd.DataFrame:
+def stage_shapes(
+    model: RefDet, img_size: int, support_size: int, n_way: int, batch: int, *, k_shot: int = 3
+) -> pd.DataFrame:
     """Input and output shapes of each stage for one episode (random uint8 inputs)."""
     model.eval()
     support = torch.randint(0, 256, (n_way, k_shot, 3, support_size, support_size), dtype=torch.uint8)

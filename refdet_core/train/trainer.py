@@ -42,6 +42,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     skipped: int = 0  # optimizer steps skipped for non-finite loss or gradient
     bad_in_row: int = 0
+    bn_recalibrated: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -224,7 +225,30 @@ class Trainer:
                 if self.state.epoch % self.cfg.train.checkpoint_every == 0 or self.state.epoch == epochs:
                     self.save(self.out_dir / "checkpoint")
             self._fire("on_epoch_end", summary)
+        if self.state.epoch == epochs and self.cfg.train.bn_recalibrate > 0 and not self.state.bn_recalibrated:
+            self.recalibrate_bn(self.cfg.train.bn_recalibrate)
+            if self.rank == 0 and self.out_dir is not None:
+                self.save(self.out_dir / "checkpoint")
         return self.history_frame()
+
+    @torch.no_grad()
+    def recalibrate_bn(self, episodes: int) -> None:
+        """Precise BN: recompute BatchNorm running statistics as a plain average over ``episodes`` training
+        episodes with the final weights; the running averages lag behind weights that changed quickly."""
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+        self.model.train()
+        for i, batch in enumerate(self.loader):
+            if i >= episodes:
+                break
+            with self.autocast():
+                self.forward(self.model, batch.to(self.device, non_blocking=True))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        self.state.bn_recalibrated = True
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.state.history)
@@ -243,7 +267,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(),
             "loss": self.loss_fn.state_dict() if isinstance(self.loss_fn, nn.Module) else {},
-            "trainer": {"epoch": self.state.epoch, "step": self.state.step, "skipped": self.state.skipped},
+            "trainer": {
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "skipped": self.state.skipped,
+                "bn_recalibrated": self.state.bn_recalibrated,
+            },
             "history": self.state.history,
         }
         meta = {**self.meta, "epoch": self.state.epoch, "step": self.state.step, "precision": self.precision}
@@ -261,5 +290,11 @@ class Trainer:
         if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
             self.loss_fn.load_state_dict(state["loss"])  # e.g. the WIoU v3 running mean
         t = state["trainer"]
-        self.state = TrainState(epoch=t["epoch"], step=t["step"], skipped=t["skipped"], history=list(state["history"]))
+        self.state = TrainState(
+            epoch=t["epoch"],
+            step=t["step"],
+            skipped=t["skipped"],
+            history=list(state["history"]),
+            bn_recalibrated=t.get("bn_recalibrated", False),
+        )
         logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
