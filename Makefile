@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 data/demo/splits.json: $(STAMP)
-	$(REFDET) data demo data/demo --videos 12
+	$(REFDET) data demo data/demo --videos 16
 
 demo: $(STAMP) data/demo/splits.json
 	$(REFDET) run --profile demo -o outputs/demo
