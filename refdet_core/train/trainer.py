@@ -199,7 +199,8 @@ class Trainer:
         row: dict[str, float] = {"epoch": epoch, "step": self.state.step}
         for key in window[0]:
             row[key] = float(torch.stack([w[key].float() for w in window]).mean())
-        row["lr"] = self.scheduler.get_last_lr()[0]
+        group = self.optimizer.param_groups[0]
+        row["lr"] = group["lr"] / (group.get("lr_mult") or 1.0)  # the base LR, before per-module multipliers
         row["grad_norm"] = grad_norm
         if self.state.step % self.cfg.train.log_every == 0:
             self.state.history.append(row)
