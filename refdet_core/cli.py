@@ -20,9 +20,13 @@ from typing import Any
 USER_ERRORS = (
     ("refdet_core.config", "ConfigError"),
     ("refdet_core.data.layout", "LayoutError"),
-    ("refdet_core.data.frames", "StoreError"),
+    ("refdet_core.data.demo", "DemoError"),
+    ("refdet_core.data.frames", "VideoError"),
+    ("refdet_core.data.store", "StoreError"),
     ("refdet_core.eval.submission", "SubmissionError"),
+    ("refdet_core.eval.submission", "AnnotationError"),
     ("refdet_core.train.checkpoint", "CheckpointError"),
+    ("refdet_core.train.trainer", "TrainingStopped"),
     ("refdet_core.runner", "NotebookError"),
     ("refdet_core.speed.options", "OptionError"),
 )

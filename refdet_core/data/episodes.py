@@ -216,17 +216,9 @@ def make_source(layout: Any, cfg: RefDetConfig, *, progress: bool = False) -> Fr
     d = cfg.data
     if d.loader == "seek":
         return SeekReader(layout, d.img_size)
-    from refdet_core.data.store import FrameStore, default_store_dir
+    from refdet_core.data.store import store_from_config
 
-    return FrameStore.build(
-        layout,
-        default_store_dir(cfg, layout.root),
-        img_size=d.img_size,
-        bg_share=d.store_bg_share,
-        fmt=d.store_format,
-        cache_mb=d.cache_mb,
-        progress=progress,
-    )
+    return store_from_config(layout, cfg, progress=progress)
 
 
 def make_sampler(

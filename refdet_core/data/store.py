@@ -303,6 +303,22 @@ def default_store_dir(cfg: RefDetConfig, root: str | Path) -> Path:
     return Path(cfg.data.store_dir) if cfg.data.store_dir else Path(root) / ".frame_store"
 
 
+def store_from_config(
+    layout: Any, cfg: RefDetConfig, *, out_dir: str | Path | None = None, progress: bool = True
+) -> FrameStore:
+    """The frame store of ``cfg.data`` for ``layout`` (built, or reused when up to date)."""
+    d = cfg.data
+    return FrameStore.build(
+        layout,
+        Path(out_dir) if out_dir else default_store_dir(cfg, layout.root),
+        img_size=d.img_size,
+        bg_share=d.store_bg_share,
+        fmt=d.store_format,
+        cache_mb=d.cache_mb,
+        progress=progress,
+    )
+
+
 def build_store(root: str | Path, out: str | Path | None, cfg: RefDetConfig, *, progress: bool = True) -> dict:
     """``refdet cache build ROOT --out DIR``: read the layout, build (or reuse) the store, return its stats.
 
@@ -313,16 +329,7 @@ def build_store(root: str | Path, out: str | Path | None, cfg: RefDetConfig, *, 
 
     layout = read_layout(root)
     out_dir = Path(out) if out else default_store_dir(cfg, root)
-    d = cfg.data
-    store = FrameStore.build(
-        layout,
-        out_dir,
-        img_size=d.img_size,
-        bg_share=d.store_bg_share,
-        fmt=d.store_format,
-        cache_mb=d.cache_mb,
-        progress=progress,
-    )
+    store = store_from_config(layout, cfg, out_dir=out_dir, progress=progress)
     stats = store.stats()
     stats["out"] = str(out_dir)
     return stats

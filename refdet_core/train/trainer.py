@@ -164,7 +164,9 @@ class Trainer:
         accum, sums, count = self.cfg.train.grad_accum, defaultdict(float), 0
         window: list[dict[str, torch.Tensor]] = []
         start, wait_start, data_s = time.perf_counter(), time.perf_counter(), 0.0
+        episodes = 0
         for i, batch in enumerate(self.loader):
+            episodes = i + 1
             data_s += time.perf_counter() - wait_start
             last = (i + 1) % accum == 0
             total, terms = self._micro_step(batch, epoch, last)
@@ -183,7 +185,6 @@ class Trainer:
                 sums[k] += v
             count += 1
         seconds = time.perf_counter() - start
-        episodes = (i + 1) if count else 0
         summary = {k: v / max(count, 1) for k, v in sums.items() if k not in ("epoch", "step")}
         summary.update(
             epoch=epoch,
