@@ -59,6 +59,7 @@ class ModelConfig:
     encoder_patch: int = 16  # 32 resamples the patch embedding
     trainable_blocks: int = 0  # last encoder blocks that train (0 = frozen; the seed trained 6 of 12)
     int8_encoder: bool = False  # INT8 dynamic quantization of the frozen encoder (CPU only)
+    colour_bins: int = 0  # bins per channel of a centre-weighted reference colour histogram added to the prototypes
     proto_dims: tuple[int, ...] = (32, 64, 128, 256)  # prototype dims per scale P2..P5
     width: float = 0.25  # YOLOv8 width multiple (n = 0.25)
     depth: float = 0.33  # YOLOv8 depth multiple (n = 0.33)
@@ -237,6 +238,7 @@ NON_NEGATIVE = (
     "num_workers",
     "cache_mb",
     "trainable_blocks",
+    "colour_bins",
     "w_box",
     "w_dfl",
     "w_score",

@@ -103,3 +103,10 @@ def test_export_from_checkpoint_without_p2(tmp_path: Path) -> None:
 def test_standard_head_cannot_export(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="standard"):
         export_onnx(tiny_model(head_mode="standard"), tmp_path, img_size=SIZE, support_size=SIZE)
+
+
+def test_colour_cue_exports(tmp_path: Path) -> None:
+    model = tiny_model(colour_bins=3, head_mode="prototype")
+    paths = export_onnx(model, tmp_path, img_size=SIZE, support_size=SIZE, k_shot=3)
+    diffs = compare_onnx(model, paths, img_size=SIZE, support_size=SIZE, k_shot=3, batch=2)
+    assert max(diffs.values()) < 1e-4, diffs

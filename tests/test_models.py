@@ -13,6 +13,7 @@ from refdet_core.config import ModelConfig, config_from_dict
 from refdet_core.models import RefDet, SupportEncoder, validate_model_config
 from refdet_core.models.fusion import FUSION
 from refdet_core.models.params import SEED_FIGURES, flops_per_stage, param_summary, param_table, time_per_stage
+from refdet_core.models.support_encoder import colour_histogram
 
 TINY_ENCODER = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 64}
 IMG, SUP = 64, 64
@@ -187,6 +188,54 @@ def test_patch32_and_int8_encoder() -> None:
     assert enc.forward_frozen(torch.rand(1, 3, SUP, SUP)).shape[1] == 5 + (SUP // 32) ** 2
     assert [tuple(p.shape) for p in protos.per_scale] == [(2, 8), (2, 16)]
     assert all(torch.isfinite(p).all() for p in protos.per_scale)
+
+
+def _solid(rgb: tuple[float, float, float], side: int = SUP) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, side, side).clone()
+
+
+def test_colour_histogram_bins_sum_and_centre_weight() -> None:
+    red = colour_histogram(_solid((1.0, 0.0, 0.0)), 4)
+    assert red.shape == (1, 64) and red.sum().item() == pytest.approx(1.0)
+    assert red.argmax().item() == 3 * 16 and red.max().item() == pytest.approx(1.0)  # r bin 3, g 0, b 0
+    half = colour_histogram(_solid((0.5, 0.5, 0.5)), 3)  # 0.5 is bin centre 1 of 3 in every channel
+    assert half.argmax().item() == 1 * 9 + 1 * 3 + 1 and half.max().item() == pytest.approx(1.0)
+    between = colour_histogram(_solid((1 / 6, 0.0, 0.0)), 4)  # halfway between r bins 0 and 1: split evenly
+    assert between[0, [0, 16]].tolist() == pytest.approx([0.5, 0.5], abs=1e-5)
+    # the object in the centre outweighs an equal area of background at the border
+    img = _solid((0.0, 0.0, 1.0))
+    img[:, :, SUP // 4 : 3 * SUP // 4, SUP // 4 : 3 * SUP // 4] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    h = colour_histogram(img, 4)
+    assert h[0, 48] > 0.5 > h[0, 3]  # red (centre, a quarter of the area) outweighs blue (border, three quarters)
+
+
+def test_colour_cue_separates_colours_and_survives_the_cache() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(colour_bins=3, head_mode="prototype")
+    assert model.support_encoder.colour_proj is not None
+    red, blue = _solid((0.9, 0.1, 0.1)), _solid((0.1, 0.1, 0.9))
+    support = torch.stack([torch.cat([red, red]), torch.cat([blue, blue])])  # (2, 2, 3, S, S)
+    enc = model.support_encoder
+    tokens = enc.forward_frozen(support.flatten(0, 1))
+    assert tokens.shape[1] == 5 + (SUP // 16) ** 2 + 1  # the histogram rides along as one extra token
+    direct = model.encode_support(support).per_scale
+    cached = enc.from_frozen(tokens, k=2).per_scale
+    for a, b in zip(direct, cached):
+        torch.testing.assert_close(a, b)
+    # without the cue the projections see nearly the same features for both; with it they differ
+    plain = tiny_model(head_mode="prototype").encode_support(support).per_scale[-1]
+    cue = direct[-1]
+    cos = lambda p: torch.nn.functional.cosine_similarity(p[0], p[1], dim=0).item()  # noqa: E731
+    assert cos(cue) < cos(plain)
+    query, _ = episode()
+    out = model(query, support)
+    out.scores.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.colour_proj.parameters())
+
+
+def test_colour_bins_too_many_for_the_encoder() -> None:
+    with pytest.raises(ValueError, match="colour_bins=5"):
+        tiny_model(colour_bins=5)  # 125 bins > embed dim 64
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -91,6 +91,7 @@ class RefDet(nn.Module):
             patch=cfg.encoder_patch,
             trainable_blocks=cfg.trainable_blocks,
             int8=cfg.int8_encoder,
+            colour_bins=cfg.colour_bins,
         )
         self.backbone = YoloBackbone(width=cfg.width, depth=cfg.depth, use_p2=cfg.use_p2)
         if cfg.backbone_weights:

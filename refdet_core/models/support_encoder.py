@@ -4,6 +4,11 @@ The encoder is split in two so a support-feature cache can store the frozen part
 ``forward_frozen`` (ImageNet normalisation, patch embedding, prefix tokens, frozen blocks; no gradients) and
 ``forward_trainable`` (the last ``trainable_blocks`` blocks and the final norm). Per-scale projections map
 [CLS, mean patch token] to the prototype dims; the mean over the K references keeps gradients.
+
+``colour_bins > 0`` adds a parameter-free identity cue: a centre-weighted soft colour histogram of each reference
+(``colour_histogram``), carried through the frozen part as one extra token (so the support-feature cache holds
+it too) and projected per scale onto the prototype (``colour_proj``). A randomly initialised encoder's
+[CLS, mean] features do not tell two instances of one kind apart; their colours do.
 """
 
 from __future__ import annotations
@@ -31,6 +36,33 @@ ENCODERS: dict[str, int] = {  # timm name -> native patch size
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SHAPE_KWARGS_SAFE = {"img_size", "drop_path_rate"}  # encoder_kwargs that keep pretrained weights loadable
+COLOUR_GRID = 32  # references are average-pooled to about this side before the colour histogram
+COLOUR_SIGMA = 0.2  # centre weighting of the histogram: Gaussian sigma as a share of the image side
+
+
+def _axis(n: int, device: torch.device) -> torch.Tensor:
+    """Cell centres of n cells across [-0.5, 0.5]."""
+    return (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n - 0.5
+
+
+def colour_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """(M, 3, S, S) float in [0, 1] -> (M, bins**3) soft RGB histogram, centre-weighted, summing to 1.
+
+    Each channel value spreads over its two nearest bin centres (linear weights), so the histogram changes
+    smoothly with light; pixels are weighted by a centred Gaussian (the reference photos centre the object).
+    Built from elementwise ops and matmuls only (exports to ONNX).
+    """
+    pool = max(1, int(x.shape[-1]) // COLOUR_GRID)  # a constant when exported (the support size is fixed)
+    x = F.avg_pool2d(x.float(), pool)
+    side_h, side_w = int(x.shape[-2]), int(x.shape[-1])
+    x = x.flatten(2)  # (M, 3, P)
+    centres = torch.linspace(0.0, 1.0, bins, device=x.device)
+    w = (1.0 - (x.unsqueeze(-1) - centres).abs() * (bins - 1)).clamp_min(0.0)  # (M, 3, P, bins)
+    joint = torch.einsum("mpi,mpj,mpk->mpijk", w[:, 0], w[:, 1], w[:, 2]).flatten(2)  # (M, P, bins^3)
+    gy, gx = (torch.exp(-(_axis(n, x.device) ** 2) / (2 * COLOUR_SIGMA**2)) for n in (side_h, side_w))
+    weight = (gy[:, None] * gx[None, :]).flatten()  # (P,)
+    hist = torch.einsum("mpb,p->mb", joint, weight)
+    return hist / hist.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 @dataclass
@@ -90,6 +122,7 @@ class SupportEncoder(nn.Module):
         patch: patch size; differs from the native one -> the patch embedding is resampled.
         trainable_blocks: last blocks that train (0 = encoder frozen; projections always train).
         int8: INT8 dynamic quantization of the frozen blocks' Linear layers (CPU only).
+        colour_bins: bins per channel of the colour histogram cue (0 = off; needs bins**3 <= embed dim).
     """
 
     def __init__(
@@ -102,6 +135,7 @@ class SupportEncoder(nn.Module):
         patch: int = 16,
         trainable_blocks: int = 0,
         int8: bool = False,
+        colour_bins: int = 0,
     ) -> None:
         super().__init__()
         if name not in ENCODERS:
@@ -128,6 +162,16 @@ class SupportEncoder(nn.Module):
         self.proj = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(2 * self.embed_dim), nn.Linear(2 * self.embed_dim, d)) for d in proto_dims
         )
+        self.colour_bins = colour_bins
+        self.colour_proj = None
+        if colour_bins:
+            n_bins = colour_bins**3
+            if colour_bins < 2 or n_bins > self.embed_dim:
+                raise ValueError(
+                    f"colour_bins={colour_bins} must be 0 or >= 2 with colour_bins**3 <= the encoder's embed dim "
+                    f"{self.embed_dim}"
+                )
+            self.colour_proj = nn.ModuleList(nn.Linear(n_bins, d) for d in proto_dims)
         self.int8 = False
         if int8:
             self.quantize_frozen()
@@ -179,27 +223,49 @@ class SupportEncoder(nn.Module):
         assert x.dim() == 4 and x.shape[1] == 3, f"support images must be (M, 3, S, S), got {tuple(x.shape)}"
         if self.int8 and x.is_cuda:
             raise ValueError("int8_encoder is a CPU option; the quantized encoder cannot run on CUDA")
-        x = (x.float() - self.mean) / self.std
+        raw = x.float()
+        x = (raw - self.mean) / self.std
         with torch.autocast(x.device.type, enabled=False) if self.int8 else contextlib.nullcontext():
             tokens = self.model.norm_pre(self.model._pos_embed(self.model.patch_embed(x))[0])
             rope = self._rope(tokens.shape[1])
             for block in self.model.blocks[: self.n_frozen]:
                 tokens = block(tokens, rope=rope)
+        if self.colour_bins:  # one extra token: the histogram in its first bins**3 channels
+            hist = colour_histogram(raw, self.colour_bins)
+            tokens = torch.cat([tokens, F.pad(hist, (0, self.embed_dim - hist.shape[1]))[:, None].to(tokens)], dim=1)
         return tokens
 
+    def _split_colour(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frozen-prefix tokens -> (encoder tokens, colour histogram (M, bins**3) or None)."""
+        if not self.colour_bins:
+            return tokens, None
+        return tokens[:, :-1], tokens[:, -1, : self.colour_bins**3].float()
+
     def forward_trainable(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Frozen-prefix tokens (M, T, E) -> final normed tokens (M, T, E) through the trainable blocks."""
+        """Frozen-prefix tokens (M, T, E) -> final normed tokens (M, T, E) through the trainable blocks.
+
+        With the colour cue, the last token is the histogram: it bypasses the blocks and is returned last.
+        """
+        tokens, hist = self._split_colour(tokens)
         rope = self._rope(tokens.shape[1])
         for block in self.model.blocks[self.n_frozen :]:
             tokens = block(tokens, rope=rope)
-        return self.model.norm(tokens)
+        tokens = self.model.norm(tokens)
+        if hist is not None:
+            tokens = torch.cat([tokens, F.pad(hist, (0, self.embed_dim - hist.shape[1]))[:, None].to(tokens)], dim=1)
+        return tokens
 
     def project(self, tokens: torch.Tensor, k: int) -> Prototypes:
         """Final tokens (N*K, T, E) -> Prototypes with per_scale (N, D_s): mean over K of L2-normalised projections."""
+        tokens, hist = self._split_colour(tokens)
         feat = torch.cat([tokens[:, 0], tokens[:, self.num_prefix :].mean(dim=1)], dim=-1)  # (N*K, 2E)
+        cue = None if hist is None else hist.sqrt() * hist.shape[1] ** 0.5  # Hellinger map, norm sqrt(bins^3)
         per_scale = []
-        for proj in self.proj:
-            emb = F.normalize(proj(feat).float(), dim=-1)  # (N*K, D)
+        for s, proj in enumerate(self.proj):
+            out = proj(feat)
+            if cue is not None:
+                out = out + self.colour_proj[s](cue.to(out.dtype))
+            emb = F.normalize(out.float(), dim=-1)  # (N*K, D)
             per_scale.append(emb.view(-1, k, emb.shape[-1]).mean(dim=1))  # (N, D)
         return Prototypes(per_scale)
 
