@@ -101,7 +101,7 @@ def test_profiler_components_sum_to_the_step(base):
 
 
 def test_profiled_step_is_the_trainers_step(base):
-    """The profiler's stage-by-stage step computes the same loss as Trainer._micro_step on the same batch."""
+    """The profiler's stage-by-stage step computes the same loss as Trainer.train_step on the same batch."""
     cfg = small(preset_config("fast", base))
     a, b = build_setup(cfg), build_setup(cfg)
     b.model.load_state_dict(a.model.state_dict())
@@ -109,8 +109,9 @@ def test_profiled_step_is_the_trainers_step(base):
     from refdet_core.speed.profiler import Clock
 
     loss_a = timed_step(a, iter([batch]), Clock(torch.device("cpu")))
-    loss_b, _ = b.trainer._micro_step(batch, 0, True)
-    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+    loss_b = b.trainer.train_step(batch, 0)
+    assert float(loss_a) == pytest.approx(loss_b, rel=1e-6)
+    assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))  # both stepped
 
 
 def test_frame_store_gives_the_seek_readers_batches(base):
@@ -143,3 +144,20 @@ def test_bench_json_shape(base, tmp_path):
     assert {"frame_store", "support_cache", "workers", "cache_sizes"} <= set(r["guard"])
     assert all(g["ok"] for g in r["guard"].values()), r["guard"]
     assert set(r["accuracy"]) >= {"freeze_encoder", "support_256"}
+
+
+def test_prefill_is_shared_between_matching_setups_only(base):
+    from refdet_core.speed import bench
+
+    bench._PREFILLED.clear()  # earlier tests of this module prefilled the same setup
+    prefill_support_cache = bench.prefill_support_cache
+    cfg = preset_config("fast", base)
+    first, second = build_setup(cfg), build_setup(cfg)  # same seed: same encoder weights
+    assert prefill_support_cache(first) > 0
+    assert prefill_support_cache(second) == 0.0  # reused, not encoded again
+    a, b = first.model.support_feature_cache, second.model.support_feature_cache
+    assert a.entries.keys() == b.entries.keys() and len(a.entries) > 0
+    assert all(torch.equal(a.entries[k], b.entries[k]) for k in a.entries)
+    other = build_setup(config_from_dict({"seed": 1}, base=cfg))  # other weights: encoded afresh
+    assert other.model.support_feature_cache.fingerprint() != a.fingerprint()
+    assert prefill_support_cache(other) > 0

@@ -147,6 +147,10 @@ class EpisodeDataset:
         index = variant if variant >= 0 else mix_seed(spec.seed, "colour", c)
         return COLOUR_PERMS[index % len(COLOUR_PERMS)]
 
+    def support_images(self, video_id: str, variant: int) -> torch.Tensor:
+        """One video's references in one fixed augmentation variant (a support-cache entry): (1, K, 3, S, S)."""
+        return self._support(EpisodeSpec(0, 0, (video_id,), (0,), (0,), (0,), (0,), (variant,), 0))
+
     def _support(self, spec: EpisodeSpec) -> torch.Tensor:
         out = []
         for c, vid in enumerate(spec.videos):

@@ -2,8 +2,8 @@
 
 One step = data wait (``next(loader)`` + copy to the device), support encoding (through the support-feature
 cache when the config uses it), backbone, fusion, head, loss, backward, optimizer step. The stages are called
-in the order of ``RefDet.forward`` with the trainer's own autocast, loss, scaler and ``_optimizer_step``, so the
-step computes what ``Trainer._micro_step`` computes (a test checks the loss is equal). On CUDA every component
+in the order of ``RefDet.forward`` with the trainer's own autocast, loss, scaler and ``optimizer_step``, so the
+step computes what ``Trainer.train_step`` computes (a test checks the loss is equal). On CUDA every component
 is bracketed by ``torch.cuda.synchronize()``; the same code runs on CPU.
 """
 
@@ -110,7 +110,7 @@ def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int =
     with clock("backward"):
         trainer.scaler.scale(total / trainer.cfg.train.grad_accum).backward()
     with clock("optimizer"):
-        trainer._optimizer_step(bool(torch.isfinite(total)))
+        trainer.optimizer_step(bool(torch.isfinite(total)))
     return total.detach()
 
 

@@ -8,6 +8,7 @@ references at 512² in every episode. Variant -1 (fresh random augmentation) is 
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,22 @@ class SupportFeatureCache:
             "entries": len(self.entries),
             "mb": self.bytes / 2**20,
         }
+
+    def fingerprint(self) -> str:
+        """Hash of what the cached tokens depend on: the encoder's weights, frozen depth and colour cue."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.encoder.n_frozen, getattr(self.encoder, "colour_bins", 0))).encode())
+        with torch.no_grad():
+            model = self.encoder.model  # INT8-packed weights are not parameters; the float ones still differ
+            for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+                h.update(name.encode())
+                h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def adopt(self, entries: dict[tuple[str, int], torch.Tensor]) -> None:
+        """Take over entries computed by another cache with the same fingerprint (tensors are shared)."""
+        for key, value in entries.items():
+            self._put(key, value)
 
     def _put(self, key: tuple[str, int], value: torch.Tensor) -> None:
         self.entries[key] = value

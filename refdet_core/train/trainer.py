@@ -122,7 +122,16 @@ class Trainer:
             self.scaler.scale(total / self.cfg.train.grad_accum).backward()
         return total.detach(), terms
 
-    def _optimizer_step(self, loss_ok: bool) -> float:
+    def train_step(self, batch: Any, epoch: int = 0) -> float:
+        """One episode, one optimizer step (forward, loss, backward, clip, step): the unit the bench times.
+
+        Returns the loss. ``fit`` does the same per accumulation window, with logging and callbacks.
+        """
+        total, _ = self._micro_step(batch, epoch, True)
+        self.optimizer_step(bool(torch.isfinite(total)))
+        return float(total)
+
+    def optimizer_step(self, loss_ok: bool) -> float:
         """Unscale, check, clip and step; returns the gradient norm (inf/nan when skipped)."""
         self.scaler.unscale_(self.optimizer)  # checks and clipping see true gradients
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -172,7 +181,7 @@ class Trainer:
             total, terms = self._micro_step(batch, epoch, last)
             window.append({"loss": total, **terms})
             if last:
-                row = self._log_row(epoch, window, self._optimizer_step(_finite(window)))
+                row = self._log_row(epoch, window, self.optimizer_step(_finite(window)))
                 for k, v in row.items():
                     sums[k] += v
                 count += 1
@@ -180,7 +189,7 @@ class Trainer:
                 self._fire("on_step_end", row)
             wait_start = time.perf_counter()
         if window:  # an incomplete accumulation window still updates the weights
-            row = self._log_row(epoch, window, self._optimizer_step(_finite(window)))
+            row = self._log_row(epoch, window, self.optimizer_step(_finite(window)))
             for k, v in row.items():
                 sums[k] += v
             count += 1
