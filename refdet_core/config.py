@@ -38,8 +38,15 @@ class DataConfig:
     bg_share: float = 0.25  # share of episode query frames drawn from background (object absent)
     num_aug: int = 1  # augmented variants of each frame per epoch
     augment: bool = True  # random augmentation on training episodes (never on validation)
+
+    @property
+    def full_frame_size(self) -> int:
+        """The letterbox size of whole frames (store, seek reader, inference): ``frame_size`` or ``img_size``."""
+        return self.frame_size or self.img_size
+
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
-    crop_native: bool = False  # crop img_size windows from native frames instead of letterboxing the whole frame
+    crop_native: bool = False  # train on img_size windows cut from frame_size frames (objects keep that scale)
+    frame_size: int = 0  # letterbox size of whole frames: frame store, seek reader, video inference; 0 = img_size
     store_dir: str = ""  # frame store folder; empty = <root>/.frame_store
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
     store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
@@ -239,6 +246,7 @@ NON_NEGATIVE = (
     "cache_mb",
     "trainable_blocks",
     "colour_bins",
+    "frame_size",
     "w_box",
     "w_dfl",
     "w_score",
@@ -272,6 +280,13 @@ def _validate(cfg: RefDetConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'stage' must be 1, 2 or 3, got {flat['stage']!r}")
     if len(cfg.model.proto_dims) != 4:
         raise ConfigError(f"{source}: key 'proto_dims' needs 4 values (P2..P5), got {list(cfg.model.proto_dims)}")
+    d = cfg.data
+    if d.frame_size and (d.frame_size < d.img_size or d.frame_size % 32):
+        raise ConfigError(
+            f"{source}: key 'frame_size' must be 0 or a multiple of 32 >= img_size {d.img_size}, got {d.frame_size}"
+        )
+    if d.frame_size and d.frame_size != d.img_size and not d.crop_native:
+        raise ConfigError(f"{source}: key 'frame_size' {d.frame_size} differs from img_size; set crop_native: true")
     for key, mult in cfg.train.lr_mult.items():
         if mult < 0:
             raise ConfigError(f"{source}: key 'lr_mult.{key}' must be >= 0, got {mult!r}")

@@ -221,3 +221,57 @@ def test_joint_colour_permutation_is_tied_to_the_support_variant(demo_root, tmp_
         assert train.colour_perm(spec, c) == COLOUR_PERMS[variant]
         assert val.colour_perm(spec, c) is None
     assert COLOUR_PERMS[0] == (0, 1, 2)  # variant 0 (the clean references) keeps the colours
+
+
+def test_crop_window_keeps_the_box_whole_and_the_mapping_valid():
+    from refdet_core.data.episodes import crop_window
+    from refdet_core.data.frames import letterbox_params
+
+    lb = letterbox_params(640, 360, 128)  # scale 0.2, picture rows 28..100 of 128
+    img = torch.arange(128).view(1, 1, 128).expand(3, 128, 128).to(torch.uint8).contiguous()  # value = column
+    native = torch.tensor([[500.0, 200.0, 560.0, 240.0]])
+    boxes = native * lb.scale + torch.tensor([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y])
+    labels = torch.tensor([[1, 0]])
+    seen = set()
+    for seed in range(20):
+        out, bx, lab, (scale, px, py) = crop_window(img, boxes, labels, lb.as_tuple(), size=64, seed=seed)
+        assert out.shape == (3, 64, 64) and len(bx) == 1 and lab.tolist() == [[1, 0]]
+        x0 = int(out[0, 0, 0])  # the window's first column tells its offset
+        y0 = lb.pad_y - py
+        assert x0 == lb.pad_x - px and 28 <= y0 <= 100 - 64  # the window stays on the picture rows
+        torch.testing.assert_close(bx, boxes - torch.tensor([x0, y0, x0, y0]))
+        assert 0 <= bx[0, 0] and bx[0, 2] <= 64 and 0 <= bx[0, 1] and bx[0, 3] <= 64  # whole inside
+        torch.testing.assert_close(native * scale + torch.tensor([px, py, px, py]), bx)  # lb maps into the window
+        seen.add(x0)
+    assert len(seen) > 3  # the box lands at different places
+    # a box cut to less than half its area by any window is dropped with its label; frames not larger pass
+    two = torch.cat([boxes, torch.tensor([[0.0, 50.0, 10.0, 60.0]])])
+    _, bx, lab, _ = crop_window(img, two, torch.tensor([[1, 0], [1, 0]]), lb.as_tuple(), size=64, seed=0)
+    assert len(bx) == len(lab) == 1
+    same = crop_window(img, boxes, labels, lb.as_tuple(), size=128, seed=0)
+    assert same[0] is img and same[3] == lb.as_tuple()
+
+
+def test_crop_native_batches_have_query_size_and_frame_scale(demo_root, tmp_path):
+    from refdet_core.config import ConfigError
+    from refdet_core.data.episodes import EpisodeDataset, make_sampler, make_source
+
+    cfg = config_from_dict(
+        {"data_root": str(demo_root), "store_dir": str(tmp_path / "s"), "img_size": 64, "frame_size": 128,
+         "crop_native": True, "support_size": 32, "n_way": 2, "n_query": 2, "bg_share": 0.0}
+    )  # fmt: skip
+    layout = read_layout(demo_root)
+    ids = [v for v in layout.videos if layout.videos[v].annotated_frames][:2]
+    source = make_source(layout, cfg)
+    assert source.img_size == 128  # whole frames stored at frame_size
+    data = EpisodeDataset(layout, source, ids, cfg.data, train=False, base_classes=[])
+    batch = data[next(iter(make_sampler(layout, source, ids, cfg, train=False, episodes=1)))]
+    assert batch.query.shape[-2:] == (64, 64)
+    for bx, vid, frame, (scale, px, py) in zip(batch.boxes, batch.video_ids, batch.frame_indices, batch.letterbox):
+        native = torch.from_numpy(layout.videos[vid].boxes_by_frame[int(frame)])
+        expected = native * scale + torch.stack([px, py, px, py])
+        torch.testing.assert_close(bx, expected.float())  # the object keeps its 128 px frame scale
+    with pytest.raises(ConfigError, match="crop_native"):
+        config_from_dict({"img_size": 64, "frame_size": 128})
+    with pytest.raises(ConfigError, match="frame_size"):
+        config_from_dict({"img_size": 64, "frame_size": 32, "crop_native": True})

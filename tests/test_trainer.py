@@ -206,7 +206,7 @@ def test_bad_settings_fail_before_work(demo_root, tmp_path):
     store = tmp_path / "store"
     _run(demo_root, tmp_path, "ok")  # builds the store at 128 px
     assert (store / "index.json").is_file()
-    with pytest.raises(ConfigError, match="frame store built for img_size 128"):
+    with pytest.raises(ConfigError, match="frame store built for frames of 128 px"):
         _run(demo_root, tmp_path, "bad2", img_size=160)
     params = tmp_path / "p.yaml"
     params.write_text(yaml.safe_dump({**TINY, "data_root": str(demo_root), "epochz": 3}))

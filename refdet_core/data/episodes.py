@@ -186,6 +186,11 @@ class EpisodeDataset:
     def __getitem__(self, spec: EpisodeSpec) -> EpisodeBatch:
         assert isinstance(spec, EpisodeSpec), f"index an EpisodeDataset with an EpisodeSpec, got {type(spec)}"
         items = [self._query(spec.videos[c], f, c) for c, f in zip(spec.query_class, spec.query_frame)]
+        if self.cfg.crop_native and self.cfg.full_frame_size > self.cfg.img_size:
+            items = [
+                crop_window(*item, size=self.cfg.img_size, seed=mix_seed(spec.query_seed[i], "crop"))
+                for i, item in enumerate(items)
+            ]
         for i, c in enumerate(spec.query_class):
             perm = self.colour_perm(spec, c)
             if perm is not None:
@@ -215,11 +220,51 @@ class EpisodeDataset:
         return batch
 
 
+def crop_window(
+    img: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, lb: tuple, *, size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """A ``size`` window of a letterboxed frame (``data.crop_native``): objects keep their frame scale.
+
+    img (3, F, F) uint8 with boxes (n, 4) px and labels (n, 2); lb = (scale, pad_x, pad_y) of the frame. The
+    window lies inside the frame, covers as much picture (not padding) as it can and, when there are boxes,
+    contains the first one whole at a random place (seeded). Boxes are shifted and clipped; a box keeping less
+    than half its area is dropped with its label. Returns the same four with lb's pads shifted by the offset,
+    so ``native * scale + pad`` still maps native pixels into the window.
+    """
+    frame = img.shape[-1]
+    if frame <= size:
+        return img, boxes, labels, lb
+    rng = np.random.default_rng(seed)
+    scale, pad_x, pad_y = lb
+    origin = []
+    for axis, pad in ((0, pad_x), (1, pad_y)):
+        lo_pic, hi_pic = pad, frame - pad  # the picture's extent on this axis (it is centred)
+        lo = min(max(lo_pic, 0.0), frame - size)  # windows that stay on the picture where it is wide enough
+        hi = max(min(hi_pic - size, frame - size), lo)
+        if hi_pic - lo_pic < size:
+            lo = hi = min(max((lo_pic + hi_pic - size) / 2, 0.0), frame - size)
+        if len(boxes):
+            b0, b1 = float(boxes[0, axis]), float(boxes[0, axis + 2])
+            lo, hi = max(lo, b1 - size), min(hi, b0)  # the first box whole inside
+            if lo > hi:  # a box larger than the window: centre it
+                lo = hi = min(max((b0 + b1 - size) / 2, 0.0), frame - size)
+        origin.append(int(round(rng.uniform(lo, hi))))
+    x0, y0 = origin
+    img = img[:, y0 : y0 + size, x0 : x0 + size].contiguous()
+    if len(boxes):
+        shifted = boxes - torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        clipped = shifted.clamp(0, size)
+        area = lambda b: (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)  # noqa: E731
+        keep = area(clipped) >= 0.5 * area(shifted).clamp_min(1e-6)
+        boxes, labels = clipped[keep], labels[keep]
+    return img, boxes, labels, (scale, pad_x - x0, pad_y - y0)
+
+
 def make_source(layout: Any, cfg: RefDetConfig, *, progress: bool = False) -> FrameSource:
     """The frame source ``cfg.data.loader`` names: the frame store (built or reused) or the seek reader."""
     d = cfg.data
     if d.loader == "seek":
-        return SeekReader(layout, d.img_size)
+        return SeekReader(layout, d.full_frame_size)
     from refdet_core.data.store import store_from_config
 
     return store_from_config(layout, cfg, progress=progress)

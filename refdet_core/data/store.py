@@ -299,8 +299,12 @@ class FrameStore:
 
 
 def default_store_dir(cfg: RefDetConfig, root: str | Path) -> Path:
-    """``cfg.data.store_dir``, or ``<root>/.frame_store`` when empty."""
-    return Path(cfg.data.store_dir) if cfg.data.store_dir else Path(root) / ".frame_store"
+    """``cfg.data.store_dir``, or ``<root>/.frame_store`` when empty (``.frame_store_<frame_size>`` when whole
+    frames are stored larger than the training queries, so the two stores never replace each other)."""
+    if cfg.data.store_dir:
+        return Path(cfg.data.store_dir)
+    d = cfg.data
+    return Path(root) / (".frame_store" if d.full_frame_size == d.img_size else f".frame_store_{d.full_frame_size}")
 
 
 def store_from_config(
@@ -311,7 +315,7 @@ def store_from_config(
     return FrameStore.build(
         layout,
         Path(out_dir) if out_dir else default_store_dir(cfg, layout.root),
-        img_size=d.img_size,
+        img_size=d.full_frame_size,
         bg_share=d.store_bg_share,
         fmt=d.store_format,
         cache_mb=d.cache_mb,

@@ -311,7 +311,7 @@ def load_predictor(
         post = PostprocessConfig(**meta.get("postprocess", {}))
     return VideoPredictor(
         model,
-        img_size=cfg.data.img_size,
+        img_size=cfg.data.full_frame_size,
         support_size=cfg.data.support_size,
         post=post,
         batch=batch,

@@ -58,7 +58,7 @@ def video_st_iou(setup: Any) -> float | None:
         return None
     cfg = setup.cfg
     predictor = VideoPredictor(
-        setup.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size, post=PostprocessConfig(),
+        setup.model, img_size=cfg.data.full_frame_size, support_size=cfg.data.support_size, post=PostprocessConfig(),
         batch=8, device=setup.trainer.device, k_shot=cfg.data.k_shot,
     )  # fmt: skip
     results = {}

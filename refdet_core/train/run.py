@@ -56,9 +56,10 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
         index = Path(cfg.data.store_dir) / "index.json"
         if index.is_file():
             built = json.loads(index.read_text()).get("img_size")
-            if built is not None and built != cfg.data.img_size and cfg.data.loader == "store":
+            size = cfg.data.full_frame_size
+            if built is not None and built != size and cfg.data.loader == "store":
                 raise ConfigError(
-                    f"{index}: frame store built for img_size {built}, config asks for {cfg.data.img_size} "
+                    f"{index}: frame store built for frames of {built} px, config asks for {size} "
                     "(rebuild it with `refdet cache build` or set store_dir to a new folder)"
                 )
 
