@@ -74,8 +74,8 @@ def test_fast_preset_resolves_for_the_machine():
 
     assert ("bf16" in names) == bf16_supported(torch.device("cpu"))
     assert "compile" not in names and "fused_adamw" not in names
-    assert {"frame_store", "support_cache", "workers"} <= set(names)
-    assert "compile" in fast_options("cuda") if torch.cuda.is_available() else True
+    assert {"frame_store", "support_cache", "workers", "channels_last"} <= set(names)
+    assert {"compile", "fused_adamw", "channels_last"} <= set(fast_options("cuda"))
 
 
 def test_unknown_option_and_preset_name_the_choices(base):
