@@ -122,7 +122,7 @@ class SpeedConfig:
     compile: bool = False  # torch.compile the query path (static episode shapes)
     fused_adamw: bool = False
     support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
-    support_variants: int = 6  # augmented reference variants kept in the support cache (6 = every joint colour)
+    support_variants: int = 6  # reference variants kept in the support cache (joint colours: 6 = every permutation)
 
 
 SECTIONS: dict[str, type] = {

@@ -195,9 +195,9 @@ def test_loader_with_two_workers_counts_cache_reads(layout, ids, tmp_path):
     assert not torch.equal(epochs[0][0].query, epochs[1][0].query)
 
 
-def test_joint_colour_permutation_is_tied_to_the_support_variant(demo_root, tmp_path):
+def test_joint_colour_is_tied_to_the_support_variant(demo_root, tmp_path):
     from refdet_core.config import config_from_dict
-    from refdet_core.data.episodes import COLOUR_PERMS, EpisodeDataset, make_sampler, make_source
+    from refdet_core.data.episodes import EpisodeDataset, joint_colour_matrix, make_sampler, make_source
     from refdet_core.data.layout import read_layout
 
     cfg = config_from_dict(
@@ -208,6 +208,7 @@ def test_joint_colour_permutation_is_tied_to_the_support_variant(demo_root, tmp_
             "support_size": 32,
             "n_way": 2,
             "n_query": 1,
+            "support_variants": 24,
         }
     )
     layout = read_layout(demo_root)
@@ -218,9 +219,26 @@ def test_joint_colour_permutation_is_tied_to_the_support_variant(demo_root, tmp_
     spec = next(iter(make_sampler(layout, source, ids, cfg, train=True, episodes=1)))
     for c, variant in enumerate(spec.support_variant):
         assert 0 <= variant < cfg.speed.support_variants
-        assert train.colour_perm(spec, c) == COLOUR_PERMS[variant]
-        assert val.colour_perm(spec, c) is None
-    assert COLOUR_PERMS[0] == (0, 1, 2)  # variant 0 (the clean references) keeps the colours
+        assert torch.equal(train.colour_transform(spec, c), joint_colour_matrix(variant))
+        assert val.colour_transform(spec, c) is None
+    assert torch.equal(joint_colour_matrix(0), torch.eye(3))  # variant 0 (the clean references) keeps the colours
+
+
+def test_joint_colour_matrices_keep_grey_and_differ():
+    from refdet_core.data.episodes import apply_colour, joint_colour_matrix
+
+    grey = torch.full((3, 4, 4), 120, dtype=torch.uint8)
+    red = torch.zeros((3, 4, 4), dtype=torch.uint8)
+    red[0], red[1] = 200, 60  # an orange red: no channel swap maps it onto itself
+    hues = set()
+    for v in range(24):
+        m = joint_colour_matrix(v)
+        torch.testing.assert_close(m.sum(dim=1), torch.ones(3))  # rows sum to 1: greys stay grey
+        assert torch.equal(apply_colour(grey, m), grey) or (apply_colour(grey, m).int() - 120).abs().max() <= 1
+        hues.add(tuple(apply_colour(red, m)[:, 0, 0].tolist()))
+    assert len(hues) >= 18  # most variants give the red object a colour of its own
+    perm = apply_colour(red, joint_colour_matrix(1))
+    assert perm.dtype == torch.uint8 and sorted(perm[:, 0, 0].tolist()) == [0, 60, 200]  # permutations stay exact
 
 
 def test_crop_window_keeps_the_box_whole_and_the_mapping_valid():

@@ -92,6 +92,29 @@ class EpisodeBatch:
 
 
 COLOUR_PERMS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
+GOLDEN_ANGLE = 137.50776405003785  # degrees: hue angles of successive variants stay spread out
+
+
+def joint_colour_matrix(variant: int) -> torch.Tensor:
+    """The 3x3 RGB matrix of joint colour variant ``variant``: channel permutation ``variant % 6``, and from
+    variant 6 on also a hue rotation (about the grey axis, so greys and brightness stay) by a multiple of the
+    golden angle. Variant 0 is the identity; 1-5 are the pure permutations."""
+    m = torch.eye(3)[list(COLOUR_PERMS[variant % len(COLOUR_PERMS)])]  # rows pick the source channel
+    if variant >= len(COLOUR_PERMS):
+        theta = torch.tensor((variant // len(COLOUR_PERMS)) * GOLDEN_ANGLE % 360.0).deg2rad()
+        k = torch.full((3,), 3**-0.5)
+        cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+        rot = theta.cos() * torch.eye(3) + theta.sin() * cross + (1 - theta.cos()) * torch.outer(k, k)
+        m = rot @ m
+    return m
+
+
+def apply_colour(img: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> uint8, each pixel's RGB multiplied by ``matrix`` (clipped to 0..255)."""
+    if torch.equal(matrix, matrix.round()) and bool((matrix.sum(dim=1) == 1).all()):  # a permutation: exact
+        return img[..., matrix.argmax(dim=1).tolist(), :, :]
+    out = torch.einsum("ij,...jhw->...ihw", matrix, img.float())
+    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 class EpisodeDataset:
@@ -135,17 +158,17 @@ class EpisodeDataset:
             refs = self._refs[video_id] = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
         return refs
 
-    def colour_perm(self, spec: EpisodeSpec, c: int) -> tuple[int, int, int] | None:
-        """The joint colour transform of episode video ``c``: an RGB channel permutation applied to its references
-        and to its query frames alike, so every video also trains as 5 new instances with the same shape.
+    def colour_transform(self, spec: EpisodeSpec, c: int) -> torch.Tensor | None:
+        """The joint colour transform of episode video ``c`` (``joint_colour_matrix``), applied to its references
+        and to its query frames alike, so every video also trains as new instances of the same shape: the
+        model must match the references' colours instead of remembering which colours were targets.
 
         Tied to the support variant (so cached support features stay right); variant 0 is the identity.
         """
         if not (self.augment and getattr(self.cfg, "joint_colour", False)):
             return None
         variant = spec.support_variant[c]
-        index = variant if variant >= 0 else mix_seed(spec.seed, "colour", c)
-        return COLOUR_PERMS[index % len(COLOUR_PERMS)]
+        return joint_colour_matrix(variant if variant >= 0 else mix_seed(spec.seed, "colour", c) % 360)
 
     def support_images(self, video_id: str, variant: int) -> torch.Tensor:
         """One video's references in one fixed augmentation variant (a support-cache entry): (1, K, 3, S, S)."""
@@ -155,9 +178,9 @@ class EpisodeDataset:
         out = []
         for c, vid in enumerate(spec.videos):
             refs, variant = self.references(vid), spec.support_variant[c]
-            perm = self.colour_perm(spec, c)
-            if perm is not None:
-                refs = refs[:, list(perm)]
+            colour = self.colour_transform(spec, c)
+            if colour is not None:
+                refs = apply_colour(refs, colour)
             if not self.augment or variant == 0:
                 out.append(refs)
                 continue
@@ -192,9 +215,9 @@ class EpisodeDataset:
                 for i, item in enumerate(items)
             ]
         for i, c in enumerate(spec.query_class):
-            perm = self.colour_perm(spec, c)
-            if perm is not None:
-                items[i] = (items[i][0][list(perm)], *items[i][1:])
+            colour = self.colour_transform(spec, c)
+            if colour is not None:
+                items[i] = (apply_colour(items[i][0], colour), *items[i][1:])
         imgs, boxes, labels = [], [], []
         for i, (img, bx, lab, _) in enumerate(items):
             if self.augment:
