@@ -161,3 +161,11 @@ def test_prefill_is_shared_between_matching_setups_only(base):
     other = build_setup(config_from_dict({"seed": 1}, base=cfg))  # other weights: encoded afresh
     assert other.model.support_feature_cache.fingerprint() != a.fingerprint()
     assert prefill_support_cache(other) > 0
+
+
+def test_guard_holds_close_options_to_the_head_outputs(base):
+    seed = small(preset_config("seed", base))
+    result = guard._compute_checks(["channels_last", "support_cache"], seed)
+    close, exact = result["channels_last"], result["support_cache"]
+    assert close["rel_diff"] == close["output_rel_diff"] < 1e-4  # same outputs up to rounding
+    assert exact["rel_diff"] == max(exact["output_rel_diff"], exact["loss_rel_diff"])
