@@ -39,11 +39,6 @@ class DataConfig:
     num_aug: int = 1  # augmented variants of each frame per epoch
     augment: bool = True  # random augmentation on training episodes (never on validation)
 
-    @property
-    def full_frame_size(self) -> int:
-        """The letterbox size of whole frames (store, seek reader, inference): ``frame_size`` or ``img_size``."""
-        return self.frame_size or self.img_size
-
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
     crop_native: bool = False  # train on img_size windows cut from frame_size frames (objects keep that scale)
     frame_size: int = 0  # letterbox size of whole frames: frame store, seek reader, video inference; 0 = img_size
@@ -56,6 +51,11 @@ class DataConfig:
     pin_memory: bool = False
     persistent_workers: bool = False
     episodes_per_epoch: int = 100  # episodes drawn per epoch
+
+    @property
+    def full_frame_size(self) -> int:
+        """The letterbox size of whole frames (store, seek reader, inference): ``frame_size`` or ``img_size``."""
+        return self.frame_size or self.img_size
 
 
 @dataclass

@@ -232,8 +232,12 @@ class SupportEncoder(nn.Module):
                 tokens = block(tokens, rope=rope)
         if self.colour_bins:  # one extra token: the histogram in its first bins**3 channels
             hist = colour_histogram(raw, self.colour_bins)
-            tokens = torch.cat([tokens, F.pad(hist, (0, self.embed_dim - hist.shape[1]))[:, None].to(tokens)], dim=1)
+            tokens = self._join_colour(tokens, hist)
         return tokens
+
+    def _join_colour(self, tokens: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """Tokens (M, T, E) + histogram (M, bins**3) -> (M, T + 1, E): the histogram as a zero-padded last token."""
+        return torch.cat([tokens, F.pad(hist, (0, self.embed_dim - hist.shape[1]))[:, None].to(tokens)], dim=1)
 
     def _split_colour(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Frozen-prefix tokens -> (encoder tokens, colour histogram (M, bins**3) or None)."""
@@ -252,7 +256,7 @@ class SupportEncoder(nn.Module):
             tokens = block(tokens, rope=rope)
         tokens = self.model.norm(tokens)
         if hist is not None:
-            tokens = torch.cat([tokens, F.pad(hist, (0, self.embed_dim - hist.shape[1]))[:, None].to(tokens)], dim=1)
+            tokens = self._join_colour(tokens, hist)
         return tokens
 
     def project(self, tokens: torch.Tensor, k: int) -> Prototypes:

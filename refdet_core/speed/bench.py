@@ -94,11 +94,6 @@ def prefill_support_cache(setup: Any) -> float:
     return time.perf_counter() - start
 
 
-def train_step(setup: Any, batches: Any, epoch: int) -> None:
-    """One real training step through the trainer (forward, loss, backward, clip, optimizer step)."""
-    setup.trainer.train_step(next(batches), epoch)
-
-
 def _sync(setup: Any) -> None:
     if setup.trainer.device.type == "cuda":
         torch.cuda.synchronize(setup.trainer.device)
@@ -109,11 +104,11 @@ def run_round(setup: Any, episodes: int, epoch: int) -> float:
     setup.model.train()
     batches = endless(setup.trainer.loader, start_epoch=epoch)
     try:
-        train_step(setup, batches, epoch)
+        setup.trainer.train_step(next(batches), epoch)
         _sync(setup)
         start = time.perf_counter()
         for _ in range(episodes):
-            train_step(setup, batches, epoch)
+            setup.trainer.train_step(next(batches), epoch)
         _sync(setup)
         return time.perf_counter() - start
     finally:

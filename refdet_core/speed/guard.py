@@ -51,33 +51,34 @@ def batch_difference(a: Any, b: Any) -> float:
     return worst
 
 
-def episode_outputs(setup: Any, batch: Any) -> torch.Tensor:
-    """Head outputs on ``batch`` in eval mode: box logits, scores and class logits, flattened float32."""
+def _head_output(setup: Any, batch: Any) -> Any:
+    """HeadOutput on a device batch, stage by stage as the profiler runs it, under the trainer's autocast."""
     from refdet_core.speed.profiler import support_prototypes
 
     model = setup.model
-    model.eval()
-    batch = batch.to(setup.trainer.device)
-    with torch.no_grad(), setup.trainer.autocast():
+    with setup.trainer.autocast():
         protos = support_prototypes(model, batch)
-        out = model.head(model.fusion(model.forward_features(batch.query), protos), protos)
-    model.train()
+        return model.head(model.fusion(model.forward_features(batch.query), protos), protos)
+
+
+def episode_outputs(setup: Any, batch: Any) -> torch.Tensor:
+    """Head outputs on ``batch`` in eval mode: box logits, scores and class logits, flattened float32."""
+    setup.model.eval()
+    with torch.no_grad():
+        out = _head_output(setup, batch.to(setup.trainer.device))
+    setup.model.train()
     parts = [t for t in (out.box_logits, out.scores, out.cls_logits) if t is not None]
     return torch.cat([t.float().flatten().cpu() for t in parts])
 
 
 def episode_losses(setup: Any, batch: Any) -> tuple[float, float]:
     """Loss on ``batch`` (train mode), one optimizer step on it, the loss again: (before, after)."""
-    from refdet_core.speed.profiler import support_prototypes
-
     trainer, model = setup.trainer, setup.model
     model.train()
     batch = batch.to(trainer.device)
 
     def loss() -> torch.Tensor:
-        with trainer.autocast():
-            protos = support_prototypes(model, batch)
-            out = model.head(model.fusion(model.forward_features(batch.query), protos), protos)
+        out = _head_output(setup, batch)
         return trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=0)[0]
 
     before = loss()
