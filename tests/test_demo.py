@@ -129,3 +129,20 @@ def test_replaces_previous_demo_and_fails_cleanly(tmp_path: Path, monkeypatch: p
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(DemoError, match="frames >= 12"):
         write_demo(tmp_path / "x", videos=1, frames=3)
+
+
+def test_decoys_are_other_training_targets(tmp_path: Path) -> None:
+    # a target instance also appears as a distractor in other videos, so "is one of the set's targets" is no cue;
+    # validation instances never appear in a training video, and a decoy never wears the target's main colour
+    write_demo(tmp_path / "d", videos=8, frames=40, width=320, height=192)
+    marker = read_demo_marker(tmp_path / "d")
+    splits = json.loads((tmp_path / "d" / "splits.json").read_text())
+    looks, decoys = marker["looks"], marker["decoys"]
+    assert set(decoys) == set(looks)
+    assert sum(len(d) for d in decoys.values()) >= 4, decoys
+    for vid, placed in decoys.items():
+        for other in placed:
+            assert other in splits["train"] and other != vid, (vid, other)
+            assert looks[vid]["primary"] not in (looks[other]["primary"], looks[other]["secondary"]), (vid, other)
+    shown = {other for placed in decoys.values() for other in placed}
+    assert not shown & set(splits["val"])

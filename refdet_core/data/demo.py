@@ -2,7 +2,9 @@
 
 Each video is a camera flying slowly over a procedural landscape (fields, roads, trees, roofs) while
 zooming gently. One target instance is visible in one or more intervals and absent in between; other
-instances (of the same kind and of other kinds, in other colours) share the frames as distractors. Three
+instances (of the same kind and of other kinds, in other colours) share the frames as distractors; about half
+of them are decoys: the target instances of other training videos, so that being a target of the set is not
+itself a cue and a detector has to read the references to tell them apart. Three
 reference photos show the target "from the ground": larger, rotated, foreshortened, under other light, on
 an indoor background. A few videos never show their target. ``splits.json`` holds out videos whose target
 instances appear nowhere in the training videos.
@@ -139,18 +141,45 @@ def _near(
     return cx + rng.uniform(-spread, spread) * width * zoom, cy + rng.uniform(-spread, spread) * height * zoom
 
 
-def _objects(rng: np.random.Generator, plan: dict[str, Any], taken: set[tuple[str, str]]) -> tuple[list, list]:
-    """The target (one object per visible interval) and the distractors, in landscape coordinates."""
+DECOY_SHARE = 0.5  # share of distractors that are other training videos' targets
+
+
+def _decoy_pool(look: Look, decoys: list[Look]) -> list[Look]:
+    """Training targets that may appear beside ``look``: another instance, none of its colours ``look``'s main one."""
+    return [d for d in decoys if d != look and look.primary not in (d.primary, d.secondary)]
+
+
+def _other_look(
+    rng: np.random.Generator, kind: str, target: Look, taken: set[tuple[str, str]], plan: dict[str, Any]
+) -> Look:
+    """A distractor's look: a decoy (DECOY_SHARE of the time, drawn from ``plan``'s own generator so that
+    the rest of the video does not change with the decoys), else a new instance of ``kind``."""
+    look = _distractor_look(rng, kind, target, taken)
+    pool, pick = plan["decoy_pool"], plan["decoy_rng"]
+    if pool and pick.random() < DECOY_SHARE:
+        look = pool[int(pick.integers(len(pool)))]
+        plan["decoys"].append(look)
+    return look
+
+
+def _objects(
+    rng: np.random.Generator, plan: dict[str, Any], taken: set[tuple[str, str]], decoys: list[Look]
+) -> tuple[list, list]:
+    """The target (one object per visible interval) and the distractors, in landscape coordinates.
+
+    ``decoys`` are the training videos' target looks; ``plan["decoys"]`` collects the ones placed here.
+    """
     cam, frames, width, height = plan["camera"], plan["frames"], plan["width"], plan["height"]
     look, unit = plan["look"], min(width / 640, height / 360)
     sprite = rotate_crop(draw_sprite(look), float(rng.uniform(0, 360)))
     size = max(rng.uniform(*TARGET_PX) * unit, 9.0)
     targets, distractors = [], []
+    plan["decoy_pool"] = _decoy_pool(look, decoys)
     kinds = [look.kind] + [str(k) for k in rng.choice(KINDS, 3 + frames // 40)]
     for i, kind in enumerate(kinds):  # spread over the flight, the first one of the target's own kind
         t = int(rng.integers(0, frames))
         x, y = _near(rng, cam, t, 0.35, width, height)
-        dlook = _distractor_look(rng, kind, look, taken)
+        dlook = _other_look(rng, kind, look, taken, plan)
         dsize = max(rng.uniform(0.7, 1.3) * TARGET_PX[i % 2] * unit, 9.0)
         distractors.append(_Obj(rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360))), dsize, x, y, t0=t))
     for start, end in plan["spans"]:
@@ -160,7 +189,7 @@ def _objects(rng: np.random.Generator, plan: dict[str, Any], taken: set[tuple[st
         for _ in range(int(rng.integers(1, 3))):  # confusers close to the target, in the same frames
             ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(2.5, 5.0) * size
             kind = look.kind if rng.random() < 0.5 else str(rng.choice(KINDS))
-            dlook = _distractor_look(rng, kind, look, taken)
+            dlook = _other_look(rng, kind, look, taken, plan)
             dsprite = rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360)))
             dsize = size * rng.uniform(0.8, 1.25)
             distractors.append(_Obj(dsprite, dsize, x + dist * np.cos(ang), y + dist * np.sin(ang), t0=start))
@@ -258,8 +287,10 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> di
         "look": ctx["looks"][vid],
         "camera": _camera(rng, width, height),
         "spans": [] if empty else _intervals(rng, frames, (2, 1, 3)[index % 3]),
+        "decoys": [],
+        "decoy_rng": np.random.default_rng([ctx["seed"], index, 1]),
     }
-    targets, distractors = _objects(rng, plan, ctx["taken"])
+    targets, distractors = _objects(rng, plan, ctx["taken"], ctx["decoys"])
     canvas = aerial_canvas(rng, int(CANVAS * width), int(CANVAS * height))
     noise = [np.abs(rng.normal(0, 3, (2, height, width, 3))).astype(np.uint8) for _ in range(3)]
     refs = folder / "object_images"
@@ -270,6 +301,8 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> di
         assert ok, "JPEG encoding failed"
         atomic_write_bytes(refs / f"img_{k + 1}.jpg", buf.tobytes())
     boxes = _render(folder / "drone_video.mp4", plan, targets, distractors, canvas, noise)
+    names = {lk: v for v, lk in ctx["looks"].items()}
+    ctx["placed"][vid] = sorted({names[d] for d in plan["decoys"]})
     return {"video_id": vid, "annotations": _groups(boxes, plan["spans"])}
 
 
@@ -335,6 +368,8 @@ def write_demo(
         "looks": looks,
         "empty": empty,
         "taken": {(lk.kind, lk.primary) for lk in looks.values()},
+        "decoys": [looks[v] for v in ids if v not in val],  # validation instances appear in no training video
+        "placed": {},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -354,6 +389,7 @@ def write_demo(
                 "params": params,
                 "empty": empty,
                 "looks": {v: vars(lk) for v, lk in looks.items()},
+                "decoys": ctx["placed"],
             },
         )
         _move_into_place(tmp, out)
@@ -364,5 +400,5 @@ def write_demo(
 
 
 def read_demo_marker(root: str | Path) -> dict[str, Any]:
-    """The ``demo.json`` of a demo set: the arguments it was written with, empty videos and looks."""
+    """The ``demo.json`` of a demo set: the arguments it was written with, empty videos, looks and decoys."""
     return json.loads((Path(root) / MARKER).read_text())
