@@ -121,6 +121,7 @@ class SpeedConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the query path (static episode shapes)
     fused_adamw: bool = False
+    keep_memory: bool = False  # glibc mallopt: freed memory stays mapped for the next step (speed/memory.py)
     support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
     support_variants: int = 6  # reference variants kept in the support cache (joint colours: 6 = every permutation)
 

@@ -74,8 +74,9 @@ def test_fast_preset_resolves_for_the_machine():
 
     assert ("bf16" in names) == bf16_supported(torch.device("cpu"))
     assert "compile" not in names and "fused_adamw" not in names
-    assert {"frame_store", "support_cache", "workers", "channels_last"} <= set(names)
+    assert {"frame_store", "support_cache", "workers", "channels_last", "keep_memory"} <= set(names)
     assert {"compile", "fused_adamw", "channels_last"} <= set(fast_options("cuda"))
+    assert "keep_memory" not in fast_options("cuda"), "CUDA's caching allocator keeps GPU memory already"
 
 
 def test_unknown_option_and_preset_name_the_choices(base):
@@ -141,7 +142,7 @@ def test_bench_json_shape(base, tmp_path):
     assert r["speedup"]["seed"] == 1.0 and r["speedup"]["fast"] > 0
     assert r["presets"]["seed"]["params"] == r["presets"]["fast"]["params"]
     assert r["projection"]["measured_at"]["img_size"] == 64
-    assert {"frame_store", "support_cache", "workers", "cache_sizes"} <= set(r["guard"])
+    assert {"frame_store", "support_cache", "workers", "cache_sizes", "keep_memory"} <= set(r["guard"])
     assert all(g["ok"] for g in r["guard"].values()), r["guard"]
     assert set(r["accuracy"]) >= {"freeze_encoder", "support_256"}
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refdet_core.config import RefDetConfig
+from refdet_core.speed import memory
 from refdet_core.speed.guard import run_guard
 from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, entry_config, fast_options
 from refdet_core.speed.profiler import apply_compile, build_setup, config_from_params, endless
@@ -101,6 +102,7 @@ def _sync(setup: Any) -> None:
 
 def run_round(setup: Any, episodes: int, epoch: int) -> float:
     """A fresh loader iterator, one untimed step, then ``episodes`` timed steps; returns seconds."""
+    memory.apply(setup.cfg.speed.keep_memory)  # process-wide, so set per entry
     setup.model.train()
     batches = endless(setup.trainer.loader, start_epoch=epoch)
     try:

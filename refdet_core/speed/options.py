@@ -97,6 +97,8 @@ _ENTRIES = (
     Option("fused_adamw", "fused AdamW kernel (CUDA)", "gpu", "close", {"fused_adamw": True}, tolerance=1e-4),
     Option("workers", "DataLoader workers sized to the cores, persistent, pinned memory on CUDA", "both",
            "exact", _workers),
+    Option("keep_memory", "freed memory stays in the process heap (glibc mallopt: no per-block mmap, no trim), "
+           "so steps stop re-faulting their activations page by page", "cpu", "exact", {"keep_memory": True}),
     Option("cache_sizes", "frame LRU 2 GiB instead of 512 MiB", "both", "exact", {"cache_mb": 2048}),
     Option("support_256", "references at 256 px instead of the seed's 512 (4x fewer encoder tokens)", "both",
            "lossy", {"support_size": 256}),
@@ -129,6 +131,7 @@ SEED_OVERRIDES: dict[str, Any] = {
     "fused_adamw": False,
     "num_aug": 3,
     "cache_mb": 512,
+    "keep_memory": False,
 }
 FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", "workers", "cache_sizes")
 
@@ -142,6 +145,8 @@ def fast_options(device: torch.device | str | None = None) -> list[str]:
     if bf16_supported(device):
         names.append("bf16")
     names.append("channels_last")  # oneDNN's NHWC convolutions: 1.2x on this project's 2-core CPU (docs/speed.md)
+    if device.type == "cpu":
+        names.append("keep_memory")  # the CUDA caching allocator already keeps GPU memory
     if device.type == "cuda":  # on the CPU, compile took ~10 min to build and ran no faster (docs/speed.md)
         names += ["compile", "fused_adamw"]
     return names

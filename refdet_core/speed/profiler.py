@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from refdet_core.config import RefDetConfig, config_from_dict, config_items, read_yaml
+from refdet_core.speed import memory
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,7 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
     assert steps >= 1 and warmup >= 0, f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}"
     setup = build_setup(setup_or_cfg) if isinstance(setup_or_cfg, RefDetConfig) else setup_or_cfg
     apply_compile(setup)
+    memory.apply(setup.cfg.speed.keep_memory)  # process-wide: the setup profiled now decides
     device = setup.trainer.device
     setup.model.train()
     batches = endless(setup.trainer.loader)

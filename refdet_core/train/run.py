@@ -90,6 +90,7 @@ def build_training(
     from refdet_core.data.layout import read_layout
     from refdet_core.losses.combined import CombinedLoss
     from refdet_core.models.refdet import RefDet
+    from refdet_core.speed import memory
     from refdet_core.train.support_cache import make_forward
     from refdet_core.train.trainer import Trainer
 
@@ -104,6 +105,7 @@ def build_training(
         layout, source, train_ids, cfg, train=True, base_classes=base_classes, rank=rank, world_size=world_size
     )
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(base_classes)).to(device)
+    memory.apply(cfg.speed.keep_memory)  # process-wide: the last training set up in a process decides
     if cfg.speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: torch.nn.Module = model
