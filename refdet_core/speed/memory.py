@@ -9,8 +9,10 @@ mapped for the next step: the same computation on the same numbers, fewer page f
 peak no larger than the largest step's.
 
 The setting belongs to the process (glibc has one allocator), so the bench switches it per entry
-(``apply``) and the ``off`` state restores glibc's settled defaults. Elsewhere than Linux/glibc it is a no-op
-that says so once.
+(``apply``); the ``off`` state restores glibc's settled defaults and hands back what was kept
+(``malloc_trim``), so big blocks are mapped anew again. Free chunks that fragmentation left inside the heap
+are still reused after that (their pages fault once), which can only flatter an entry benched after a kept
+one, never the kept one itself. Elsewhere than Linux/glibc it is a no-op that says so once.
 """
 
 from __future__ import annotations
@@ -30,19 +32,20 @@ RELEASE = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 <
 
 
 @functools.cache
-def _mallopt() -> ctypes._CFuncPtr | None:
+def _glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
-        fn = libc.mallopt
-        glibc = hasattr(libc, "gnu_get_libc_version")  # other C libraries number these parameters differently
-    except (OSError, AttributeError, TypeError):
+        # other C libraries number the mallopt parameters differently
+        glibc = all(hasattr(libc, f) for f in ("gnu_get_libc_version", "mallopt", "malloc_trim"))
+    except (OSError, TypeError):
         glibc = False
     if not glibc:
         logger.warning("speed.keep_memory: no glibc mallopt in this process (%s); the setting does nothing", name)
         return None
-    fn.argtypes, fn.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return fn
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return libc
 
 
 _state: list[bool | None] = [None]  # what the process is set to; None = glibc untouched
@@ -53,14 +56,18 @@ def apply(keep: bool) -> bool:
 
     ``apply(False)`` on a process that never had ``apply(True)`` leaves glibc's dynamic defaults untouched.
     """
-    fn = _mallopt()
-    if fn is None:
+    libc = _glibc()
+    if libc is None:
         return False
     if _state[0] == keep or (not keep and _state[0] is None):
         return True
-    ok = all(fn(param, value) == 1 for param, value in (KEEP if keep else RELEASE).items())
+    ok = all(libc.mallopt(param, value) == 1 for param, value in (KEEP if keep else RELEASE).items())
     if not ok:
         logger.warning("speed.keep_memory: mallopt refused a setting; allocator left partly changed")
+    if not keep:
+        # what KEEP held on to is free heap now: hand it back, or the next blocks would be carved from it
+        # (no mapping, no faults) and the released state would still behave like KEEP
+        libc.malloc_trim(0)
     _state[0] = keep
     return ok
 
