@@ -115,6 +115,16 @@ def test_profiled_step_is_the_trainers_step(base):
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))  # both stepped
 
 
+def test_training_setup_honours_compile(base):
+    """speed.compile set in params reaches 05's model (not only the bench): stages wrapped, same checkpoint keys."""
+    cfg = small(preset_config("fast", base))
+    plain = build_setup(cfg).model
+    compiled = build_setup(config_from_dict({"compile": True}, base=cfg)).model
+    assert all(getattr(plain, s)._compiled_call_impl is None for s in ("backbone", "fusion", "head"))
+    assert all(getattr(compiled, s)._compiled_call_impl is not None for s in ("backbone", "fusion", "head"))
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
 def test_frame_store_gives_the_seek_readers_batches(base):
     seed = small(preset_config("seed", base))
     assert guard.batch_difference(guard.first_batch(seed), guard.first_batch(apply_options(seed, ["frame_store"]))) == 0

@@ -27,7 +27,7 @@ from refdet_core.config import RefDetConfig
 from refdet_core.speed import memory
 from refdet_core.speed.guard import run_guard
 from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, entry_config, fast_options
-from refdet_core.speed.profiler import apply_compile, build_setup, config_from_params, endless
+from refdet_core.speed.profiler import build_setup, config_from_params, endless
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,6 @@ def _build(names: list[str], base: RefDetConfig, warmup: int) -> dict[str, dict[
     for name in tqdm(names, desc="build + warm-up", leave=False):
         cfg = entry_config(name, base)
         setup = build_setup(cfg)
-        apply_compile(setup)
         prefill = prefill_support_cache(setup)
         start = time.perf_counter()
         if warmup:

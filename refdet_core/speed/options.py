@@ -147,7 +147,7 @@ def fast_options(device: torch.device | str | None = None) -> list[str]:
     names.append("channels_last")  # oneDNN's NHWC convolutions: 1.2x on this project's 2-core CPU (docs/speed.md)
     if device.type == "cpu":
         names.append("keep_memory")  # the CUDA caching allocator already keeps GPU memory
-    if device.type == "cuda":  # on the CPU, compile took ~10 min to build and ran no faster (docs/speed.md)
+    if device.type == "cuda":  # on this CPU compile built for 5 min and ran at 0.90x (docs/speed.md)
         names += ["compile", "fused_adamw"]
     return names
 

@@ -26,31 +26,13 @@ from refdet_core.speed import memory
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("data", "support", "backbone", "fusion", "head", "loss", "backward", "optimizer")
-COMPILED_STAGES = ("backbone", "fusion", "head")
 
 
 def build_setup(cfg: RefDetConfig) -> Any:
-    """``build_training`` without an output folder, plus the speed settings it leaves to us (compile)."""
+    """``build_training`` without an output folder (it applies every speed setting, compile included)."""
     from refdet_core.train.run import build_training
 
-    setup = build_training(cfg, out_dir=None, progress=False)
-    apply_compile(setup)
-    return setup
-
-
-def apply_compile(setup: Any) -> bool:
-    """``speed.compile``: compile backbone, fusion and head in place (state-dict keys unchanged).
-
-    Each stage is its own graph with static shapes (episodes have a fixed size), so the profiler can still
-    time the stages separately. The trainer would do this in ``build_training`` (see docs/speed.md).
-    """
-    model = setup.model
-    if not setup.cfg.speed.compile or getattr(model, "_stages_compiled", False):
-        return False
-    for name in COMPILED_STAGES:
-        getattr(model, name).compile(dynamic=False)
-    model._stages_compiled = True
-    return True
+    return build_training(cfg, out_dir=None, progress=False)
 
 
 def endless(loader: Any, start_epoch: int = 0) -> Iterator[Any]:
@@ -164,7 +146,6 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
     """
     assert steps >= 1 and warmup >= 0, f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}"
     setup = build_setup(setup_or_cfg) if isinstance(setup_or_cfg, RefDetConfig) else setup_or_cfg
-    apply_compile(setup)
     memory.apply(setup.cfg.speed.keep_memory)  # process-wide: the setup profiled now decides
     device = setup.trainer.device
     setup.model.train()
