@@ -79,20 +79,6 @@ class TrainingSetup:
 COMPILED_STAGES = ("backbone", "fusion", "head")
 
 
-def compile_stages(model: torch.nn.Module) -> bool:
-    """``speed.compile``: compile backbone, fusion and head in place; returns whether it compiled now.
-
-    Each stage is its own graph with static shapes (episodes have a fixed size), so the profiler can still
-    time the stages separately; ``nn.Module.compile`` keeps the state-dict keys, so checkpoints are unchanged.
-    """
-    if getattr(model, "_stages_compiled", False):
-        return False
-    for name in COMPILED_STAGES:
-        getattr(model, name).compile(dynamic=False)
-    model._stages_compiled = True
-    return True
-
-
 def build_training(
     cfg: RefDetConfig,
     *,
@@ -126,7 +112,10 @@ def build_training(
     if cfg.speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.speed.compile:
-        compile_stages(model)
+        # each stage its own graph with static shapes (episodes have a fixed size), so the profiler still times
+        # them apart; nn.Module.compile wraps in place, so state-dict keys and checkpoints are unchanged
+        for name in COMPILED_STAGES:
+            getattr(model, name).compile(dynamic=False)
     net: torch.nn.Module = model
     if world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
