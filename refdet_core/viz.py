@@ -171,12 +171,15 @@ def training_curves(history: pd.DataFrame, *, terms: Sequence[str] = ()) -> Figu
 
 
 # ---------------------------------------------------------------- validation (06)
-def st_iou_bars(model_scores: Mapping[str, float], baseline_scores: Mapping[str, float]) -> Figure:
-    vids = sorted(set(model_scores) | set(baseline_scores))
-    fig, ax = _fig(max(6, 1.2 * len(vids) + 2), 3.5)
-    x = np.arange(len(vids))
-    ax[0, 0].bar(x - 0.2, [model_scores.get(v, 0) for v in vids], 0.4, label="RefDet", color=PALETTE[0])
-    ax[0, 0].bar(x + 0.2, [baseline_scores.get(v, 0) for v in vids], 0.4, label="template matching", color=PALETTE[7])
+def st_iou_bars(series: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Grouped bars: ST-IoU per video for each named series (e.g. the model, an ablation, the baseline)."""
+    vids = sorted({v for scores in series.values() for v in scores})
+    fig, ax = _fig(max(6, 0.5 * len(series) * len(vids) + 2), 3.5)
+    x, width = np.arange(len(vids)), 0.8 / max(1, len(series))
+    for i, (name, scores) in enumerate(series.items()):
+        offset = (i - (len(series) - 1) / 2) * width
+        colour = PALETTE[7] if name == "template matching" else PALETTE[i]
+        ax[0, 0].bar(x + offset, [scores.get(v, 0) for v in vids], width, label=name, color=colour)
     ax[0, 0].set_xticks(x, vids, rotation=15)
     ax[0, 0].set(ylabel="ST-IoU", ylim=(0, 1), title="ST-IoU per validation video")
     ax[0, 0].legend()

@@ -90,3 +90,14 @@ def test_smoke_01_metrics(smoke_run):
     assert m["seek_ms_per_sample"] > 0 and m["store_ms_per_sample"] > 0
     assert m["store_speedup_vs_seek"] == pytest.approx(m["seek_ms_per_sample"] / m["store_ms_per_sample"])
     assert len(m["hit_rate_per_epoch"]) == 2 and all(0 <= h <= 1 for h in m["hit_rate_per_epoch"])
+
+
+@pytest.mark.slow
+def test_smoke_06_metrics(smoke_run):
+    out, _ = smoke_run
+    m = json.loads((out / "06_validate" / "metrics.json").read_text())
+    for key in ("mean_st_iou", "detector_only_mean_st_iou", "baseline_mean_st_iou"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["videos"])
+    assert m["colour_check"]["enabled"] is True and m["frames_per_s"] > 0
+    assert (out / "06_validate" / "submission.json").is_file()

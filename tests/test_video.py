@@ -9,16 +9,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from refdet_core.cli import main
 from refdet_core.config import config_from_dict
 from refdet_core.data.frames import VideoError, letterbox, read_image_rgb
 from refdet_core.data.layout import read_layout
+from refdet_core.eval.candidates import ColourCheck, top_candidates
 from refdet_core.eval.postprocess import PostprocessConfig
 from refdet_core.eval.submission import read_submission
 from refdet_core.eval.video import (
     VideoResult,
-    best_detection,
     clip_boxes,
     frame_batches,
     layout_ground_truth,
@@ -89,17 +90,32 @@ def test_clip_boxes_marks_empty_boxes() -> None:
     assert valid.tolist() == [True, True, False]
 
 
-def test_best_detection_picks_the_top_anchor() -> None:
+def test_top_candidates_start_with_the_top_anchor_and_do_not_overlap() -> None:
     g = torch.Generator().manual_seed(0)
     b, a, reg = 3, 50, 16
     logits = torch.randn(b, a, 4 * reg, generator=g)
     scores = torch.randn(b, a, 1, generator=g)
     anchors, strides = torch.rand(a, 2, generator=g) * 64, torch.full((a,), 8.0)
-    best, boxes = best_detection(logits, scores, anchors, strides)
+    cand_s, cand_b = top_candidates(logits, scores, anchors, strides, k=5, iou=0.5)
+    assert cand_s.shape == (b, 5) and cand_b.shape == (b, 5, 4)
     idx = scores[..., 0].argmax(dim=1)
     full = dfl_decode(logits, anchors, strides)  # (B, A, 4)
-    torch.testing.assert_close(boxes, full[torch.arange(b), idx])
-    torch.testing.assert_close(best, scores[torch.arange(b), idx, 0].sigmoid())
+    torch.testing.assert_close(cand_b[:, 0], full[torch.arange(b), idx])
+    torch.testing.assert_close(cand_s[:, 0], scores[torch.arange(b), idx, 0].sigmoid())
+    assert bool((cand_s[:, :-1] >= cand_s[:, 1:]).all())  # best first
+    for i in range(b):
+        kept = cand_b[i][cand_s[i] > 0]
+        iou = box_iou(kept, kept).fill_diagonal_(0)
+        assert float(iou.max()) <= 0.5
+
+
+def test_top_candidates_pad_when_few_boxes_survive() -> None:
+    logits = torch.zeros(1, 3, 64)  # every anchor decodes to the same box around one point: NMS keeps one
+    scores = torch.tensor([[[0.0], [1.0], [-1.0]]])
+    anchors, strides = torch.full((3, 2), 20.0), torch.full((3,), 8.0)
+    cand_s, cand_b = top_candidates(logits, scores, anchors, strides, k=4, iou=0.5)
+    assert cand_s[0, 0] == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item())
+    assert cand_s[0, 1:].tolist() == [0.0, 0.0, 0.0] and not cand_b[0, 1:].any()
 
 
 def test_prefetch_passes_items_and_errors() -> None:
@@ -160,7 +176,7 @@ def test_references_encoded_once_per_video(demo_root: Path, ckpt: Path, monkeypa
 
 def test_cached_inference_equals_direct(demo_root: Path, ckpt: Path) -> None:
     """Batched, cached whole-video inference gives what one direct forward per frame with the support gives."""
-    predictor = load_predictor(ckpt, batch=7)
+    predictor = load_predictor(ckpt, batch=7, check=ColourCheck(enabled=False))
     rec = read_layout(demo_root).videos["Jacket_0"]
     res = predictor.predict_video(rec.video_path, rec.reference_paths)
     support = predictor.reference_tensor(rec.reference_paths)
@@ -171,8 +187,8 @@ def test_cached_inference_equals_direct(demo_root: Path, ckpt: Path) -> None:
         img, lb = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 64)
         with torch.no_grad():
             out = predictor.model(torch.from_numpy(img).permute(2, 0, 1)[None], support)
-        score, box = best_detection(out.box_logits, out.scores, out.anchors, out.strides)
-        native, _ = clip_boxes(lb.to_native(box.numpy()), rec.width, rec.height)
+        score, box = top_candidates(out.box_logits, out.scores, out.anchors, out.strides, k=1, iou=0.5)
+        native, _ = clip_boxes(lb.to_native(box[:, 0].numpy()), rec.width, rec.height)
         assert abs(float(score[0]) - float(res.scores[f])) < 1e-5
         np.testing.assert_allclose(native[0], res.boxes[f], atol=1e-3)
     cap.release()

@@ -3,14 +3,15 @@
 The loop (DESIGN.md section 6): the references are read, letterboxed to ``support_size`` and encoded **once**
 per video (``RefDet.set_reference_images`` with N = 1); the video is decoded front to back by a reader thread
 that letterboxes each frame exactly as the frame store does for training (``data.frames.letterbox``) while the
-model works on the previous batch; frames are batched; per frame the anchor with the highest prototype score
-(sigmoid) wins, its DFL box is decoded, mapped back to native pixels (``Letterbox.to_native``) and clipped to
-the frame; then ``eval.postprocess`` (hysteresis, gap filling, minimum length, smoothing) turns the per-frame
-detections into a track.
+model works on the previous batch; frames are batched; per frame the best boxes after NMS are kept as
+candidates (``eval.candidates``), mapped back to native pixels (``Letterbox.to_native``) and clipped to the
+frame, and one wins: the top prototype score (sigmoid), or, with the reference colour check on (the default),
+the combined score of colour match and detector score; then ``eval.postprocess`` (hysteresis, gap filling,
+minimum length, smoothing) turns the per-frame detections into a track.
 
-Post-processing thresholds do not come from the checkpoint (the ``PostprocessConfig`` defaults apply) unless
-its ``meta.json`` carries a ``"postprocess"`` mapping; ``tune_enter`` picks ``enter`` on training videos, which
-helps when scores are not calibrated.
+Post-processing thresholds and the colour check do not come from the checkpoint (the ``PostprocessConfig`` and
+``ColourCheck`` defaults apply) unless its ``meta.json`` carries a ``"postprocess"`` / ``"colour_check"``
+mapping; ``tune_enter`` picks ``enter`` on training videos, which helps when scores are not calibrated.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ import torch
 from tqdm.auto import tqdm
 
 from refdet_core.data.frames import Letterbox, VideoError, letterbox, read_image_rgb
+from refdet_core.eval.candidates import (
+    Candidates,
+    ColourCheck,
+    candidate_colours,
+    reference_histograms,
+    top_candidates,
+)
 from refdet_core.eval.metrics import GroundTruth, ScoredTrack, st_iou
 from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
-from refdet_core.models.head import dfl_decode
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class VideoResult:
     height: int
     seconds: float  # wall time of the decode + model loop
     track: ScoredTrack = field(default_factory=dict)
+    candidates: Candidates | None = None  # every frame's top boxes, from which scores/boxes/valid were selected
 
     @property
     def frames_per_s(self) -> float:
@@ -70,6 +78,12 @@ class VideoResult:
     def retrack(self, post: PostprocessConfig) -> VideoResult:
         """The same detections with the track recomputed under other post-processing settings."""
         return replace(self, track=postprocess_scored(self.frames, self.post_scores(), self.boxes, post))
+
+    def reselect(self, check: ColourCheck, post: PostprocessConfig) -> VideoResult:
+        """The same candidates with each frame's box picked under another colour check, then ``post``."""
+        assert self.candidates is not None, f"{self.video_id}: no candidates stored"
+        scores, boxes, valid = self.candidates.select(check)
+        return replace(self, scores=scores, boxes=boxes, valid=valid).retrack(post)
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,22 +180,6 @@ def count_frames(video_path: str | Path) -> int:
         cap.release()
 
 
-def best_detection(box_logits: torch.Tensor, scores: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor):
-    """Best anchor per frame for one prototype.
-
-    Args:
-        box_logits (B, A, 4 * R), scores (B, A, 1) logits, anchors (A, 2), strides (A,).
-
-    Returns:
-        scores (B,) sigmoid of the best anchor, boxes (B, 4) its decoded xyxy in input (letterbox) px.
-    """
-    assert scores.dim() == 3 and scores.shape[-1] == 1, f"expected scores (B, A, 1), got {tuple(scores.shape)}"
-    best, idx = scores[..., 0].float().max(dim=1)  # (B,), (B,)
-    logits = box_logits[torch.arange(len(idx), device=idx.device), idx][:, None]  # (B, 1, 4R)
-    boxes = dfl_decode(logits, anchors[idx][:, None], strides[idx][:, None])[:, 0]  # (B, 4)
-    return best.sigmoid(), boxes
-
-
 class VideoPredictor:
     """Runs a RefDet over whole videos.
 
@@ -191,6 +189,8 @@ class VideoPredictor:
         post: temporal post-processing settings. batch: frames per forward pass. k_shot: references per video
             (the first ``k_shot`` images, repeated when fewer, as the episode dataset does).
         precision: "fp32" or "bf16" (autocast). channels_last: NHWC activations for the query path.
+        check: how each frame's box is picked among its candidates (``eval.candidates``; default: the
+            reference colour check on).
     """
 
     def __init__(
@@ -205,6 +205,7 @@ class VideoPredictor:
         k_shot: int = 3,
         precision: str = "fp32",
         channels_last: bool = False,
+        check: ColourCheck | None = None,
     ) -> None:
         if getattr(model.head, "mode", "prototype") == "standard":
             raise ValueError("video inference needs prototype scores; the model's head_mode is 'standard'")
@@ -218,6 +219,8 @@ class VideoPredictor:
         self.img_size, self.support_size, self.k_shot = img_size, support_size, k_shot
         self.post, self.batch = post, batch
         self.precision, self.channels_last = precision, channels_last
+        self.check = ColourCheck() if check is None else check
+        self.ref_hist: torch.Tensor | None = None
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -234,19 +237,25 @@ class VideoPredictor:
     @torch.inference_mode()
     def set_references(self, reference_paths: Sequence[str | Path]) -> None:
         """Encode the references of one video once; later ``detect`` calls reuse the prototypes."""
+        refs = self.reference_tensor(reference_paths).to(self.device)
+        self.ref_hist = reference_histograms(refs[0], self.check.bins)
         with self._autocast():
-            self.model.set_reference_images(self.reference_tensor(reference_paths).to(self.device))
+            self.model.set_reference_images(refs)
 
     @torch.inference_mode()
-    def detect(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Letterboxed frames (B, S, S, 3) uint8 RGB -> best scores (B,) and boxes (B, 4) xyxy letterbox px."""
+    def detect(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Letterboxed frames (B, S, S, 3) uint8 RGB -> each frame's K candidates: scores (B, K), boxes
+        (B, K, 4) xyxy letterbox px, colour match with the references (B, K) (``set_references`` first)."""
+        assert self.ref_hist is not None, "set_references before detect"
         x = torch.as_tensor(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, S, S)
         assert x.shape[1:] == (3, self.img_size, self.img_size), f"frames {tuple(x.shape)} vs img_size {self.img_size}"
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         with self._autocast():
             out = self.model(x, use_cache=True)
-        scores, boxes = best_detection(out.box_logits, out.scores, out.anchors, out.strides)
-        return scores.float().cpu().numpy(), boxes.float().cpu().numpy()
+        k, iou = self.check.candidates, self.check.nms_iou
+        scores, boxes = top_candidates(out.box_logits, out.scores, out.anchors, out.strides, k=k, iou=iou)
+        colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
+        return tuple(t.float().cpu().numpy() for t in (scores, boxes, colour))
 
     def predict_video(
         self,
@@ -260,24 +269,31 @@ class VideoPredictor:
         video_id = video_id or Path(video_path).parent.name
         t0 = time.perf_counter()
         self.set_references(reference_paths)
-        frames, scores, boxes, valid = [], [], [], []
+        frames, parts = [], []
         width = height = 0
         with tqdm(total=count_frames(video_path) or None, desc=video_id, unit="frame", disable=not progress) as bar:
             for batch, lb, first, (width, height) in prefetch(frame_batches(video_path, self.img_size, self.batch)):
-                s, b = self.detect(batch)
-                b, ok = clip_boxes(lb.to_native(b), width, height)
+                s, b, colour = self.detect(batch)
+                b, ok = clip_boxes(lb.to_native(b.reshape(-1, 4)), width, height)
+                parts.append(Candidates(s, b.reshape(s.shape + (4,)), ok.reshape(s.shape) & (s > 0), colour))
                 frames.append(np.arange(first, first + len(batch)))
-                scores.append(s)
-                boxes.append(b)
-                valid.append(ok)
                 bar.update(len(batch))
         seconds = time.perf_counter() - t0
         self.model.clear_cache()
-        cat = np.concatenate
+        cands = Candidates.concat(parts)
+        empty = np.zeros(0, np.float32)
         result = VideoResult(
-            video_id, cat(frames).astype(np.int64), cat(scores), cat(boxes), cat(valid), width, height, seconds
+            video_id,
+            np.concatenate(frames).astype(np.int64),
+            empty,
+            empty,
+            empty,
+            width,
+            height,
+            seconds,
+            candidates=cands,
         )
-        result = result.retrack(self.post)
+        result = result.reselect(self.check, self.post)
         n, fps = len(result.frames), result.frames_per_s
         log.info(
             "%s: %d frames in %.1f s (%.1f frames/s), %d in the track", video_id, n, seconds, fps, len(result.track)
@@ -294,10 +310,12 @@ def load_predictor(
     batch: int = 8,
     precision: str = "fp32",
     channels_last: bool = False,
+    check: ColourCheck | None = None,
 ) -> VideoPredictor:
     """A VideoPredictor over the RefDet of a checkpoint folder (its config.yaml and meta.json give the model).
 
-    ``post`` None: ``meta["postprocess"]`` when the checkpoint has one, else the PostprocessConfig defaults.
+    ``post`` None: ``meta["postprocess"]`` when the checkpoint has one, else the PostprocessConfig defaults;
+    ``check`` None: ``meta["colour_check"]`` likewise, else the ColourCheck defaults.
     Raises CheckpointError (one line) for a missing or incomplete checkpoint.
     """
     from refdet_core.models.refdet import RefDet
@@ -309,6 +327,8 @@ def load_predictor(
     load_weights(model, weights, source=str(ckpt_dir))
     if post is None:
         post = PostprocessConfig(**meta.get("postprocess", {}))
+    if check is None:
+        check = ColourCheck(**meta.get("colour_check", {}))
     return VideoPredictor(
         model,
         img_size=cfg.data.full_frame_size,
@@ -319,6 +339,7 @@ def load_predictor(
         k_shot=cfg.data.k_shot,
         precision=precision,
         channels_last=channels_last,
+        check=check,
     )
 
 
@@ -410,6 +431,12 @@ def layout_ground_truth(layout, video_ids: Sequence[str]) -> GroundTruth:
 
 def retrack_all(results: Mapping[str, VideoResult], post: PostprocessConfig) -> dict[str, VideoResult]:
     return {vid: r.retrack(post) for vid, r in results.items()}
+
+
+def reselect_all(
+    results: Mapping[str, VideoResult], check: ColourCheck, post: PostprocessConfig
+) -> dict[str, VideoResult]:
+    return {vid: r.reselect(check, post) for vid, r in results.items()}
 
 
 def tune_enter(

@@ -1,0 +1,124 @@
+"""Per-frame candidate boxes and the reference colour check that re-ranks them.
+
+The detector scores every anchor against the prototypes; whole-video inference keeps each frame's ``k`` best
+boxes after NMS (``top_candidates``) instead of only the best anchor, and measures how well each box's colours
+match the references' (``candidate_colours``: Bhattacharyya coefficient of centre-weighted soft RGB
+histograms, the same ``colour_histogram`` the support encoder's colour cue uses). ``select`` then picks one
+box per frame, by the detector's score alone (``ColourCheck(enabled=False)``) or by
+
+    combined = (1 - model_weight) * colour ** power + model_weight * score
+
+Why: a detector trained on a few instances learns *their* looks; on instances it never saw its prototype
+scores do not separate the target from look-alike distractors (docs/results.md, sessions 3-4), while the
+detector's boxes still cover the objects in the frame. The colour match is parameter-free, so it does not
+memorise the training instances. It can be switched off, and 06 reports the detector alone beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import nms, roi_align
+
+from refdet_core.models.head import dfl_decode
+from refdet_core.models.support_encoder import colour_histogram
+
+CROP_PX = 32  # candidate boxes are resampled to this square before their colour histogram
+PRE_NMS = 100  # anchors per frame considered before NMS
+
+
+@dataclass(frozen=True)
+class ColourCheck:
+    enabled: bool = True  # False: the detector's score alone picks the box
+    candidates: int = 10  # boxes per frame kept after NMS
+    nms_iou: float = 0.5
+    bins: int = 4  # RGB bins per channel of the histograms
+    power: float = 4.0  # sharpens the colour match (Bhattacharyya coefficients of unrelated crops sit near 0.6)
+    model_weight: float = 0.25  # share of the detector's score in the combined score
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.bins < 2 or self.power <= 0 or not 0.0 <= self.model_weight <= 1.0:
+            raise ValueError(f"need candidates >= 1, bins >= 2, power > 0, 0 <= model_weight <= 1; got {self}")
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+
+
+@dataclass
+class Candidates:
+    """Each frame's candidate boxes: scores (T, K) detector sigmoid, boxes (T, K, 4) xyxy native px clipped,
+    valid (T, K) False for padding and boxes empty after clipping, colour (T, K) match with the references."""
+
+    scores: np.ndarray
+    boxes: np.ndarray
+    valid: np.ndarray
+    colour: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: list[Candidates]) -> Candidates:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("scores", "boxes", "valid", "colour")))
+
+    def combined(self, check: ColourCheck) -> np.ndarray:
+        """(T, K) the score each candidate is ranked by (and that post-processing thresholds)."""
+        if not check.enabled:
+            return self.scores
+        w = check.model_weight
+        return ((1.0 - w) * np.clip(self.colour, 0.0, 1.0) ** check.power + w * self.scores).astype(np.float32)
+
+    def select(self, check: ColourCheck) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One box per frame -> scores (T,), boxes (T, 4), valid (T,) (False where no candidate is valid)."""
+        ranked = np.where(self.valid, self.combined(check), -np.inf)
+        idx = ranked.argmax(axis=1)
+        rows = np.arange(len(idx))
+        valid = self.valid[rows, idx]
+        scores = np.where(valid, ranked[rows, idx], 0.0).astype(np.float32)
+        return scores, self.boxes[rows, idx], valid
+
+
+def top_candidates(
+    box_logits: torch.Tensor, scores: torch.Tensor, anchors: torch.Tensor, strides: torch.Tensor, *, k: int, iou: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best boxes per frame after NMS, best first (the first is the top anchor's box).
+
+    Args:
+        box_logits (B, A, 4 * R), scores (B, A, 1) logits, anchors (A, 2), strides (A,).
+
+    Returns:
+        scores (B, k) sigmoid (0 for padding when fewer boxes survive), boxes (B, k, 4) xyxy input px (zeros
+        for padding).
+    """
+    assert scores.dim() == 3 and scores.shape[-1] == 1, f"expected scores (B, A, 1), got {tuple(scores.shape)}"
+    probs = scores[..., 0].float().sigmoid()  # (B, A)
+    top = probs.topk(min(PRE_NMS, probs.shape[1]), dim=1).indices  # (B, P)
+    b = probs.shape[0]
+    logits = box_logits[torch.arange(b, device=top.device)[:, None], top]  # (B, P, 4R)
+    boxes = dfl_decode(logits, anchors[top], strides[top])  # (B, P, 4)
+    out_s = probs.new_zeros(b, k)
+    out_b = probs.new_zeros(b, k, 4)
+    for i in range(b):
+        s = probs[i, top[i]]
+        keep = nms(boxes[i], s, iou)[:k]
+        out_s[i, : len(keep)], out_b[i, : len(keep)] = s[keep], boxes[i, keep]
+    return out_s, out_b
+
+
+def reference_histograms(references: torch.Tensor, bins: int) -> torch.Tensor:
+    """uint8 references (K, 3, S, S) -> (K, bins**3) centre-weighted histograms."""
+    return colour_histogram(references.float() / 255.0, bins)
+
+
+def candidate_colours(frames: torch.Tensor, boxes: torch.Tensor, ref_hist: torch.Tensor, bins: int) -> torch.Tensor:
+    """Best Bhattacharyya coefficient over the references of each candidate box's colours.
+
+    Args:
+        frames (B, 3, S, S) uint8 letterboxed; boxes (B, K, 4) xyxy in the same px; ref_hist (R, bins**3).
+
+    Returns:
+        (B, K) in [0, 1]: 1 for the same colour distribution as one of the references.
+    """
+    b, k = boxes.shape[:2]
+    crops = roi_align(frames.float() / 255.0, list(boxes.float()), output_size=CROP_PX, aligned=True)  # (B*K, 3, C, C)
+    hist = colour_histogram(crops, bins)  # (B*K, bins^3)
+    coef = hist.sqrt() @ ref_hist.to(hist).sqrt().t()  # (B*K, R)
+    return coef.amax(dim=1).clamp(0.0, 1.0).reshape(b, k)
