@@ -80,6 +80,13 @@ def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
     return {"img_size": size, **_store_dir_for(cfg, size)}
 
 
+def _crop_window(cfg: RefDetConfig) -> dict[str, Any]:
+    """Half-size training windows cut from whole frames letterboxed at the current query size (``crop_native``)."""
+    frame = cfg.data.full_frame_size
+    size = max(32, frame // 2 // 32 * 32)  # 640 -> 320 windows, 320 -> 160
+    return {"img_size": size, "frame_size": frame, "crop_native": True}
+
+
 _ENTRIES = (
     Option("frame_store", "frames from the decoded frame store (memmap + shared LRU) instead of a new "
            "VideoCapture + seek per sample", "both", "exact", {"loader": "store"}),
@@ -110,6 +117,9 @@ _ENTRIES = (
     Option("query_512", "query resolution 0.8x (640 -> 512; at a 320 profile 256)", "both", "lossy",
            _smaller_query),
     Option("skip_p2", "no P2 (stride-4) level in fusion and head", "both", "lossy", {"use_p2": False}),
+    Option("crop_window", "train on half-size windows cut from the whole letterboxed frames (crop_native: "
+           "objects keep the scale inference sees; 4x fewer query pixels, less background per step)", "both",
+           "lossy", _crop_window),
     Option("loss_schedule", "dynamic loss schedule: contrastive weights halved after epoch 0", "both", "lossy",
            {"contrastive_decay_epoch": 0, "contrastive_decay": 0.5}),
     Option("wiou_v1", "WIoU v1 box loss instead of v3 (no focusing)", "both", "lossy", {"box_loss": "wiou_v1"}),
