@@ -281,19 +281,10 @@ class VideoPredictor:
         seconds = time.perf_counter() - t0
         self.model.clear_cache()
         cands = Candidates.concat(parts)
-        empty = np.zeros(0, np.float32)
-        result = VideoResult(
-            video_id,
-            np.concatenate(frames).astype(np.int64),
-            empty,
-            empty,
-            empty,
-            width,
-            height,
-            seconds,
-            candidates=cands,
-        )
-        result = result.reselect(self.check, self.post)
+        scores, boxes, valid = cands.select(self.check)
+        frames = np.concatenate(frames).astype(np.int64)
+        result = VideoResult(video_id, frames, scores, boxes, valid, width, height, seconds, candidates=cands)
+        result = result.retrack(self.post)
         n, fps = len(result.frames), result.frames_per_s
         log.info(
             "%s: %d frames in %.1f s (%.1f frames/s), %d in the track", video_id, n, seconds, fps, len(result.track)
