@@ -42,7 +42,7 @@ class DataConfig:
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
     crop_native: bool = False  # train on img_size windows cut from frame_size frames (objects keep that scale)
     frame_size: int = 0  # letterbox size of whole frames: frame store, seek reader, video inference; 0 = img_size
-    store_dir: str = ""  # frame store folder; empty = <root>/.frame_store
+    store_dir: str = ""  # frame store folder; empty = <root>/.frame_store_<frame size>
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
     store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
     cache_mb: int = 512  # byte bound of the in-memory LRU in front of the store

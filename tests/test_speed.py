@@ -59,6 +59,13 @@ def test_seed_preset_is_the_original(base):
     assert seed["loader"] == "seek" and seed["support_size"] == 512 and seed["support_cache"] is False
     assert seed["precision"] == "fp32" and seed["num_workers"] == 1 and seed["compile"] is False
     assert seed["trainable_blocks"] == 1, "half the (tiny, 2-block) encoder trains, as 6 of 12 in the seed"
+    assert seed["crop_native"] is False and seed["img_size"] == base.data.img_size
+
+
+def test_seed_preset_trains_whole_frames_on_a_windowed_base(base):
+    windowed = config_from_dict({"img_size": 32, "frame_size": 64, "crop_native": True}, base=base)
+    seed = preset_config("seed", windowed).data
+    assert (seed.img_size, seed.full_frame_size, seed.crop_native) == (64, 64, False)
 
 
 def test_presets_train_the_same_model(base):

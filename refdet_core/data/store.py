@@ -299,12 +299,11 @@ class FrameStore:
 
 
 def default_store_dir(cfg: RefDetConfig, root: str | Path) -> Path:
-    """``cfg.data.store_dir``, or ``<root>/.frame_store`` when empty (``.frame_store_<frame_size>`` when whole
-    frames are stored larger than the training queries, so the two stores never replace each other)."""
+    """``cfg.data.store_dir``, or ``<root>/.frame_store_<size>`` when empty, named by the whole-frame letterbox
+    size, so that stores of different sizes (01 at 320, a 640 training, inference) never replace each other."""
     if cfg.data.store_dir:
         return Path(cfg.data.store_dir)
-    d = cfg.data
-    return Path(root) / (".frame_store" if d.full_frame_size == d.img_size else f".frame_store_{d.full_frame_size}")
+    return Path(root) / f".frame_store_{cfg.data.full_frame_size}"
 
 
 def store_from_config(

@@ -68,16 +68,12 @@ def _workers(cfg: RefDetConfig) -> dict[str, Any]:
     }
 
 
-def _store_dir_for(cfg: RefDetConfig, size: int) -> dict[str, Any]:
-    """A frame store per query size, so that another size never rebuilds (and evicts) the default store."""
-    if cfg.data.store_dir:
-        return {"store_dir": f"{cfg.data.store_dir.rstrip('/')}_{size}"}
-    return {"store_dir": f"{cfg.data.data_root.rstrip('/')}/.frame_store_{size}"}
-
-
 def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
     size = max(32, int(cfg.data.img_size * 0.8) // 32 * 32)  # 640 -> 512, 320 -> 256
-    return {"img_size": size, **_store_dir_for(cfg, size)}
+    out: dict[str, Any] = {"img_size": size}
+    if cfg.data.store_dir and not cfg.data.frame_size:  # a named store holds one size: keep the default one whole
+        out["store_dir"] = f"{cfg.data.store_dir.rstrip('/')}_{size}"
+    return out
 
 
 def _crop_window(cfg: RefDetConfig) -> dict[str, Any]:
@@ -175,10 +171,17 @@ def check_names(names: Iterable[str], valid: Iterable[str], what: str) -> list[s
 
 
 def seed_config(base: RefDetConfig) -> RefDetConfig:
-    """The original's choices; half the encoder blocks train (6 of ViT-S's 12; tiny test encoders: half theirs)."""
+    """The original's choices; half the encoder blocks train (6 of ViT-S's 12; tiny test encoders: half theirs).
+
+    The seed trained on whole frames: a base that cuts training windows (``crop_native``) is put back to whole
+    frames at its whole-frame size, so that ``crop_window`` is measured against whole frames whatever the base.
+    """
     extra = {
         "pin_memory": torch.cuda.is_available() and base.train.device != "cpu",
         "trainable_blocks": int(base.model.encoder_kwargs.get("depth", 12)) // 2,
+        "img_size": base.data.full_frame_size,
+        "frame_size": 0,
+        "crop_native": False,
     }
     return config_from_dict({**SEED_OVERRIDES, **extra}, source="preset seed", base=base)
 
