@@ -75,13 +75,22 @@ def test_presets_train_the_same_model(base):
     assert fast["trainable"] < seed["trainable"], "fast freezes the encoder (lossy, measured in 04)"
 
 
+def test_fast_preset_trains_half_size_windows_of_the_seeds_frames(base):
+    seed, fast = preset_config("seed", base).data, preset_config("fast", base).data
+    assert fast.crop_native and fast.img_size == seed.img_size // 2
+    assert fast.full_frame_size == seed.full_frame_size, "inference and the frame store keep the seed's frame size"
+    windowed = config_from_dict({"img_size": 32, "frame_size": 64, "crop_native": True}, base=base)
+    again = preset_config("fast", windowed).data
+    assert (again.img_size, again.full_frame_size) == (32, 64), "a windowed base keeps its windows"
+
+
 def test_fast_preset_resolves_for_the_machine():
     names = fast_options("cpu")
     from refdet_core.train.optim import bf16_supported
 
     assert ("bf16" in names) == bf16_supported(torch.device("cpu"))
     assert "compile" not in names and "fused_adamw" not in names
-    assert {"frame_store", "support_cache", "workers", "channels_last", "keep_memory"} <= set(names)
+    assert {"frame_store", "support_cache", "workers", "channels_last", "keep_memory", "crop_window"} <= set(names)
     assert {"compile", "fused_adamw", "channels_last"} <= set(fast_options("cuda"))
     assert "keep_memory" not in fast_options("cuda"), "CUDA's caching allocator keeps GPU memory already"
 

@@ -249,8 +249,9 @@ def _projection(base: RefDetConfig) -> dict[str, Any]:
         "measured_at": {"img_size": d.img_size, "n_way": d.n_way, "n_query": d.n_query},
         "note": (
             f"epoch_s_projected = {SEED_EPISODES} episodes / measured episodes/s, measured with {d.n_way}-way x "
-            f"{d.n_query}-query episodes at {d.img_size} px queries (support size per preset); the seed's epoch "
-            "ran at 640 px, so this projects the seed's episode count at the measured sizes only"
+            f"{d.n_query}-query episodes of {d.full_frame_size} px frames (whole for seed; entries with crop_window "
+            "train half-size windows of them; support size per preset); the seed's epoch ran at 640 px, so this "
+            "projects the seed's episode count at the measured sizes only"
         ),
     }
 

@@ -6,8 +6,9 @@ where it applies (``cpu``, ``gpu`` or ``both``) and whether it keeps the numbers
 ``lossy`` (a different computation; its accuracy change is measured by a short training run in 04).
 
 ``seed`` is the original's choices; ``fast`` is resolved on the machine it runs on (``fast_options``). Both
-build the same architecture with the same parameter count; they differ in how it is fed and computed, and in
-which encoder blocks train (``freeze_encoder``, lossy, measured).
+build the same architecture with the same parameter count; they differ in how it is fed and computed, in
+which encoder blocks train (``freeze_encoder``) and in what a training query shows (``crop_window``: a half-size
+window of the whole frame); those lossy entries are in ``fast`` on measured accuracy (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -139,7 +140,10 @@ SEED_OVERRIDES: dict[str, Any] = {
     "cache_mb": 512,
     "keep_memory": False,
 }
-FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", "workers", "cache_sizes")
+# crop_window is lossy and in fast on the strength of a paired training run (docs/speed.md, session 6): 320 px
+# windows of 640 px frames scored the validation videos as whole 640 px frames did, at 3.4x the training speed
+FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", "crop_window", "workers",
+               "cache_sizes")  # fmt: skip
 
 
 def fast_options(device: torch.device | str | None = None) -> list[str]:
