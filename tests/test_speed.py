@@ -196,3 +196,15 @@ def test_guard_holds_close_options_to_the_head_outputs(base):
     close, exact = result["channels_last"], result["support_cache"]
     assert close["rel_diff"] == close["output_rel_diff"] < 1e-4  # same outputs up to rounding
     assert exact["rel_diff"] == max(exact["output_rel_diff"], exact["loss_rel_diff"])
+
+
+def test_validation_loss_compares_windowed_and_whole_frame_runs(base):
+    """accuracy.val_loss scores whole frames whatever the training query size, so crop_window's runs compare."""
+    from refdet_core.speed.accuracy import val_loss
+
+    whole = small(preset_config("seed", base))
+    windowed = apply_options(whole, ["crop_window"])
+    assert windowed.data.img_size < whole.data.img_size
+    a, b = build_setup(whole), build_setup(windowed)
+    b.model.load_state_dict(a.model.state_dict())
+    assert val_loss(b, 1) == pytest.approx(val_loss(a, 1), rel=1e-5)

@@ -30,14 +30,20 @@ def pair_configs(name: str, base: RefDetConfig) -> tuple[RefDetConfig, RefDetCon
 
 
 def val_loss(setup: Any, episodes: int) -> float:
-    """Mean loss over ``episodes`` fixed validation episodes (no augmentation, eval mode, no gradients)."""
+    """Mean loss over ``episodes`` fixed validation episodes (no augmentation, eval mode, no gradients).
+
+    The episodes show whole frames at the whole-frame size, as inference does, whatever the training query
+    (a ``crop_window`` setup trains on windows): so the losses of runs with and without it compare.
+    """
     from refdet_core.data.episodes import load_fixed_episode
     from refdet_core.speed.profiler import support_prototypes
 
     model, trainer = setup.model, setup.trainer
     model.eval()
     ids = setup.val_ids or setup.train_ids
-    cfg = config_from_dict({"n_way": min(setup.cfg.data.n_way, len(ids))}, base=setup.cfg)
+    d = setup.cfg.data
+    whole = {"img_size": d.full_frame_size, "frame_size": 0, "crop_native": False}
+    cfg = config_from_dict({"n_way": min(d.n_way, len(ids)), **whole}, base=setup.cfg)
     losses = []
     with torch.no_grad():
         for seed in range(episodes):

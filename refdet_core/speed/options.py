@@ -69,12 +69,17 @@ def _workers(cfg: RefDetConfig) -> dict[str, Any]:
     }
 
 
+def store_dir_for(cfg: RefDetConfig, size: int) -> dict[str, Any]:
+    """The ``store_dir`` override for whole frames of ``size`` px: none for the default folders (already named
+    by size), a suffixed folder for a named store, so that another size never rebuilds (and evicts) it."""
+    if cfg.data.store_dir and not cfg.data.frame_size and size != cfg.data.img_size:
+        return {"store_dir": f"{cfg.data.store_dir.rstrip('/')}_{size}"}
+    return {}
+
+
 def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
     size = max(32, int(cfg.data.img_size * 0.8) // 32 * 32)  # 640 -> 512, 320 -> 256
-    out: dict[str, Any] = {"img_size": size}
-    if cfg.data.store_dir and not cfg.data.frame_size:  # a named store holds one size: keep the default one whole
-        out["store_dir"] = f"{cfg.data.store_dir.rstrip('/')}_{size}"
-    return out
+    return {"img_size": size, **store_dir_for(cfg, size)}
 
 
 def _crop_window(cfg: RefDetConfig) -> dict[str, Any]:

@@ -219,12 +219,12 @@ def scaling_table(
     base: RefDetConfig, *, preset: str, grid: dict[str, list[int]], steps: int, warmup: int
 ) -> pd.DataFrame:
     """Component ms of ``preset`` as one episode dimension grows (others at ``base``); rows ``key=value``."""
-    from refdet_core.speed.options import _store_dir_for
+    from refdet_core.speed.options import store_dir_for
 
     rows = {}
     for key, values in grid.items():
         for value in values:
-            extra = _store_dir_for(base, value) if key == "img_size" and value != base.data.img_size else {}
+            extra = store_dir_for(base, value) if key == "img_size" else {}
             cfg = config_from_dict({key: value, **extra}, source=f"scaling {key}", base=base)
             report = profile_entries([preset], cfg, steps=steps, warmup=warmup)[preset]
             rows[f"{key}={value}"] = {c: report["components"][c]["ms"] for c in COMPONENTS}
