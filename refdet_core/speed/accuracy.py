@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from refdet_core.config import RefDetConfig, config_from_dict
-from refdet_core.speed.options import OPTIONS, fast_options, preset_config
+from refdet_core.speed.options import OPTIONS, fast_options, preset_config, whole_frames
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,8 @@ def val_loss(setup: Any, episodes: int) -> float:
     model, trainer = setup.model, setup.trainer
     model.eval()
     ids = setup.val_ids or setup.train_ids
-    d = setup.cfg.data
-    whole = {"img_size": d.full_frame_size, "frame_size": 0, "crop_native": False}
-    cfg = config_from_dict({"n_way": min(d.n_way, len(ids)), **whole}, base=setup.cfg)
+    overrides = {"n_way": min(setup.cfg.data.n_way, len(ids)), **whole_frames(setup.cfg)}
+    cfg = config_from_dict(overrides, base=setup.cfg)
     losses = []
     with torch.no_grad():
         for seed in range(episodes):

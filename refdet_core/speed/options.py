@@ -82,6 +82,11 @@ def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
     return {"img_size": size, **store_dir_for(cfg, size)}
 
 
+def whole_frames(cfg: RefDetConfig) -> dict[str, Any]:
+    """Overrides that make training queries whole frames at the config's whole-frame size (no windows)."""
+    return {"img_size": cfg.data.full_frame_size, "frame_size": 0, "crop_native": False}
+
+
 def _crop_window(cfg: RefDetConfig) -> dict[str, Any]:
     """Half-size training windows cut from whole frames letterboxed at the current query size (``crop_native``)."""
     frame = cfg.data.full_frame_size
@@ -188,9 +193,7 @@ def seed_config(base: RefDetConfig) -> RefDetConfig:
     extra = {
         "pin_memory": torch.cuda.is_available() and base.train.device != "cpu",
         "trainable_blocks": int(base.model.encoder_kwargs.get("depth", 12)) // 2,
-        "img_size": base.data.full_frame_size,
-        "frame_size": 0,
-        "crop_native": False,
+        **whole_frames(base),
     }
     return config_from_dict({**SEED_OVERRIDES, **extra}, source="preset seed", base=base)
 
