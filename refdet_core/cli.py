@@ -29,6 +29,7 @@ USER_ERRORS = (
     ("refdet_core.train.trainer", "TrainingStopped"),
     ("refdet_core.runner", "NotebookError"),
     ("refdet_core.speed.options", "OptionError"),
+    ("refdet_core.eval.export", "ExportError"),
 )
 
 
@@ -132,6 +133,21 @@ def cmd_score(args: argparse.Namespace) -> None:
     _emit(score_files(args.gt, args.pred), args.json, text)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from refdet_core.eval.export import export_onnx
+
+    paths = export_onnx(args.ckpt, args.out, img_size=args.size)
+    manifest = json.loads(Path(paths["manifest"]).read_text())
+    summary = {"out": str(args.out), **{k: str(v) for k, v in paths.items()}, "img_size": manifest["img_size"]}
+    if args.check:
+        from refdet_core.eval.export import compare_onnx, load_for_export
+
+        model, size, support, k = load_for_export(args.ckpt, args.size)
+        diffs = compare_onnx(model, paths, img_size=size, support_size=support, k_shot=k)
+        summary["max_abs_diff"] = max(diffs.values())
+    print(json.dumps(summary, default=float))
+
+
 # ---------------------------------------------------------------- speed
 def cmd_profile(args: argparse.Namespace) -> None:
     from refdet_core.speed.profiler import profile_from_params
@@ -223,6 +239,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ckpt", required=True)
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser(
+        "export",
+        help="ONNX graphs of a checkpoint: references -> prototypes, frame + prototypes -> boxes and scores",
+    )
+    c.add_argument("--ckpt", required=True, help="checkpoint folder (model.safetensors, config.yaml, meta.json)")
+    c.add_argument("--out", required=True, help="folder for support.onnx, query.onnx and export.json")
+    c.add_argument(
+        "--size", type=int, default=None, help="frame letterbox size (default: the size inference uses, whole frames)"
+    )
+    c.add_argument("--check", action="store_true", help="run both graphs in onnxruntime and compare with PyTorch")
+    c.set_defaults(func=cmd_export)
 
     c = sub.add_parser("score", help="ST-IoU of a submission against annotations")
     c.add_argument("--gt", required=True)

@@ -36,7 +36,7 @@ class DataConfig:
     n_way: int = 2  # videos per episode
     n_query: int = 4  # query frames per video per episode
     bg_share: float = 0.25  # share of episode query frames drawn from background (object absent)
-    num_aug: int = 1  # augmented variants of each frame per epoch
+    num_aug: int = 1  # augmented variants of each frame per epoch (the epoch is num_aug x episodes_per_epoch)
     augment: bool = True  # random augmentation on training episodes (never on validation)
 
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
@@ -50,7 +50,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     pin_memory: bool = False
     persistent_workers: bool = False
-    episodes_per_epoch: int = 100  # episodes drawn per epoch
+    episodes_per_epoch: int = 100  # episodes per epoch at num_aug 1 (an epoch draws num_aug times as many)
 
     @property
     def full_frame_size(self) -> int:
@@ -120,7 +120,7 @@ class SpeedConfig:
     precision: str = "auto"  # "auto" (bf16 where the hardware has it, else fp16), "bf16", "fp16", "fp32"
     channels_last: bool = False
     compile: bool = False  # torch.compile the query path (static episode shapes)
-    fused_adamw: bool = False
+    fused_adamw: bool = True  # one fused AdamW kernel (CPU and CUDA); it also skips non-finite steps on the device
     keep_memory: bool = False  # glibc mallopt: freed memory stays mapped for the next step (speed/memory.py)
     support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
     support_variants: int = 6  # reference variants kept in the support cache (joint colours: 6 = every permutation)

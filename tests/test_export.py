@@ -110,3 +110,46 @@ def test_colour_cue_exports(tmp_path: Path) -> None:
     paths = export_onnx(model, tmp_path, img_size=SIZE, support_size=SIZE, k_shot=3)
     diffs = compare_onnx(model, paths, img_size=SIZE, support_size=SIZE, k_shot=3, batch=2)
     assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path: Path) -> None:
+    """Mode, weights and outputs of the exported model object are the same before and after export."""
+    model = tiny_model().train()
+    query, support = example_inputs(model, img_size=SIZE, support_size=SIZE, k_shot=3, seed=7)
+    modes = {n: m.training for n, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        before = model.eval()(query, support).scores.clone()
+    model.train()
+    export_onnx(model, tmp_path, img_size=SIZE, support_size=SIZE, k_shot=3)
+    compare_onnx(model, {"query": tmp_path / "query.onnx", "support": tmp_path / "support.onnx"},
+                 img_size=SIZE, support_size=SIZE, k_shot=3)  # fmt: skip
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        after = model.eval()(query, support).scores
+    assert torch.equal(before, after)
+
+
+def test_checkpoint_export_uses_the_inference_frame_size(tmp_path: Path) -> None:
+    """A checkpoint that trained on 64 px windows of 128 px frames exports at 128: what inference feeds."""
+    over = {"img_size": SIZE, "frame_size": 2 * SIZE, "crop_native": True}
+    cfg = config_from_dict({**TINY, **over}, source="test")
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=tiny_model(), cfg=cfg, meta={"base_classes": ["a", "b"]})
+    paths = export_onnx(ckpt, tmp_path / "onnx")
+    assert json.loads(paths["manifest"].read_text())["img_size"] == 2 * SIZE
+    shape = session(paths["query"]).get_inputs()[0].shape
+    assert shape[1:] == [3, 2 * SIZE, 2 * SIZE]
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from refdet_core.cli import main
+
+    cfg = config_from_dict(TINY, source="test")
+    ckpt = save_checkpoint(tmp_path / "ckpt", model=tiny_model(), cfg=cfg, meta={"base_classes": ["a", "b"]})
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "onnx"), "--check"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["img_size"] == SIZE and summary["max_abs_diff"] < 1e-4
+    assert (tmp_path / "onnx" / "query.onnx").is_file() and (tmp_path / "onnx" / "support.onnx").is_file()
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--size", "70"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err

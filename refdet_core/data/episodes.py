@@ -50,7 +50,7 @@ class EpisodeBatch:
     class_ids: torch.Tensor  # long (B,) episode-local class of each query's video
     video_ids: list[str]  # (B,)
     support_video_ids: list[str]  # (N,) order of the prototypes
-    support_variant: torch.Tensor  # long (N,)
+    support_variant: tuple[int, ...]  # (N,) host ints: the support cache keys on them without reading the device
     frame_indices: torch.Tensor  # long (B,)
     letterbox: torch.Tensor  # float32 (B, 3): scale, pad_x, pad_y
 
@@ -83,7 +83,7 @@ class EpisodeBatch:
         )
         assert len(self.boxes) == len(self.labels) == len(self.base_labels) == len(self.video_ids) == b
         assert tuple(self.class_ids.shape) == (b,) and tuple(self.letterbox.shape) == (b, 3)
-        assert len(self.support_video_ids) == n and tuple(self.support_variant.shape) == (n,)
+        assert len(self.support_video_ids) == n and len(self.support_variant) == n
         assert int(self.class_ids.min()) >= 0 and int(self.class_ids.max()) < n, f"class_ids out of [0, {n})"
         for bx, lab in zip(self.boxes, self.labels):
             assert bx.ndim == 2 and bx.shape[1] == 4 and lab.shape == (bx.shape[0],), f"boxes {tuple(bx.shape)}"
@@ -146,6 +146,8 @@ class EpisodeDataset:
         self.query_aug = query_aug or QueryAugConfig()
         self.support_aug = support_aug or SupportAugConfig()
         self._refs: dict[str, torch.Tensor] = {}
+        # (video, variant) -> augmented references; bounded by videos x support_variants (K x 3 x Ss x Ss each)
+        self._fixed_variants: dict[tuple[str, int], torch.Tensor] = {}
 
     def references(self, video_id: str) -> torch.Tensor:
         """The first ``k_shot`` reference images of ``video_id`` (repeated when fewer): uint8 (K, 3, Ss, Ss)."""
@@ -177,24 +179,32 @@ class EpisodeDataset:
     def _support(self, spec: EpisodeSpec) -> torch.Tensor:
         out = []
         for c, vid in enumerate(spec.videos):
-            refs, variant = self.references(vid), spec.support_variant[c]
-            colour = self.colour_transform(spec, c)
-            if colour is not None:
-                refs = apply_colour(refs, colour)
-            if not self.augment or variant == 0:
-                out.append(refs)
-                continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(mix_seed(spec.seed, "support", c))  # a one-off draw when variant == -1
-                out.append(
-                    torch.stack(
-                        [
-                            augment_support(r, variant, mix_seed(self.cfg.split_seed, vid, k), self.support_aug)
-                            for k, r in enumerate(refs)
-                        ]
-                    )
-                )
+            variant = spec.support_variant[c]
+            fixed = self.augment and variant >= 0  # a fixed variant is the same images every time: made once
+            refs = self._fixed_variants.get((vid, variant)) if fixed else None
+            if refs is None:
+                refs = self._support_images(spec, c, vid, variant)
+                if fixed:
+                    self._fixed_variants[(vid, variant)] = refs
+            out.append(refs)
         return torch.stack(out)  # (N, K, 3, Ss, Ss)
+
+    def _support_images(self, spec: EpisodeSpec, c: int, vid: str, variant: int) -> torch.Tensor:
+        """Episode video ``c``'s references: joint colour, then the support augmentation of ``variant``."""
+        refs = self.references(vid)
+        colour = self.colour_transform(spec, c)
+        if colour is not None:
+            refs = apply_colour(refs, colour)
+        if not self.augment or variant == 0:
+            return refs
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(spec.seed, "support", c))  # a one-off draw when variant == -1
+            return torch.stack(
+                [
+                    augment_support(r, variant, mix_seed(self.cfg.split_seed, vid, k), self.support_aug)
+                    for k, r in enumerate(refs)
+                ]
+            )
 
     def _query(self, vid: str, frame: int, c: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
         """(img (3, S, S) uint8, boxes (n, 4) letterbox px, labels (n, 2) [episode class, base class], lb)."""
@@ -235,7 +245,7 @@ class EpisodeDataset:
             class_ids=torch.tensor(spec.query_class, dtype=torch.long),
             video_ids=[spec.videos[c] for c in spec.query_class],
             support_video_ids=list(spec.videos),
-            support_variant=torch.tensor(spec.support_variant if self.augment else [0] * len(spec.videos)),
+            support_variant=tuple(spec.support_variant) if self.augment else (0,) * len(spec.videos),
             frame_indices=torch.tensor(spec.query_frame, dtype=torch.long),
             letterbox=torch.tensor([it[3] for it in items], dtype=torch.float32),
         )
@@ -305,20 +315,26 @@ def make_sampler(
     rank: int = 0,
     world_size: int = 1,
 ) -> EpisodeSampler:
-    """The episode sampler of ``cfg``: ``n_way`` capped at the number of videos; validation draws one variant."""
+    """The episode sampler of ``cfg``: ``n_way`` capped at the number of videos; validation draws one variant.
+
+    A training epoch is ``episodes_per_epoch * num_aug`` episodes: each frame's ``num_aug`` variants all come up
+    in one epoch (the per-video cycles hand out every (frame, variant) pair before repeating one), instead of
+    the variants thinning out frame coverage in an epoch of fixed length.
+    """
     d = cfg.data
     variants = cfg.speed.support_variants if (train and d.augment and cfg.speed.support_cache) else 0
+    num_aug = d.num_aug if train else 1
     return EpisodeSampler(
         video_ids,
         min(d.n_way, len(video_ids)),
         d.n_query,
-        episodes or d.episodes_per_epoch,
+        (episodes or d.episodes_per_epoch) * num_aug,
         cfg.train.seed if seed is None else seed,
         rank,
         world_size,
         frames=frame_pools(layout, source, video_ids, d.store_bg_share),
         bg_share=d.bg_share,
-        num_aug=d.num_aug if train else 1,
+        num_aug=num_aug,
         support_variants=variants,
     )
 

@@ -23,6 +23,7 @@ for the query, ``/ 255`` and ImageNet stats for the references) happens inside t
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -81,16 +82,34 @@ def example_inputs(
     return query, support
 
 
+class ExportError(ValueError):
+    """A model or size that cannot be exported; the message says why."""
+
+
+def frozen_copy(model: RefDet) -> RefDet:
+    """An eval-mode CPU copy: export and comparison never change the caller's model (its mode, device, or
+    weights; ``torch.onnx.export`` sets ``training`` on the module it traces)."""
+    return copy.deepcopy(model).eval().cpu()
+
+
 def _load(ckpt_or_model: str | Path | RefDet, img_size: int | None, support_size: int | None, k_shot: int | None):
+    """(an eval-mode copy of the model, img_size, support_size, k_shot); a checkpoint's sizes are those that
+    inference uses: whole frames at ``full_frame_size`` (not the training window of ``crop_native``)."""
     if isinstance(ckpt_or_model, RefDet):
         assert img_size and support_size, "img_size and support_size are needed when exporting a model object"
-        return ckpt_or_model, img_size, support_size, k_shot or 3
+        return frozen_copy(ckpt_or_model), img_size, support_size, k_shot or 3
     from refdet_core.train.checkpoint import load_weights, read_checkpoint
 
     weights, cfg, meta = read_checkpoint(ckpt_or_model)
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(meta.get("base_classes", [])))
     load_weights(model, weights, source=str(ckpt_or_model))
-    return model, img_size or cfg.data.img_size, support_size or cfg.data.support_size, k_shot or cfg.data.k_shot
+    size = img_size or cfg.data.full_frame_size
+    return model.eval(), size, support_size or cfg.data.support_size, k_shot or cfg.data.k_shot
+
+
+def load_for_export(ckpt: str | Path, img_size: int | None = None) -> tuple[RefDet, int, int, int]:
+    """(eval-mode model, img_size, support_size, k_shot) of a checkpoint folder, sizes as ``export_onnx`` uses."""
+    return _load(ckpt, img_size, None, None)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, names: dict[str, Any], opset: int) -> None:
@@ -176,17 +195,19 @@ def export_onnx(
 ) -> dict[str, Path]:
     """Write ``query.onnx``, ``support.onnx`` and ``export.json`` (names, shapes, sizes) to ``out_dir``.
 
-    ``ckpt_or_model``: a checkpoint folder (sizes default to its config) or a RefDet (sizes required).
+    ``ckpt_or_model``: a checkpoint folder (sizes default to those inference uses: its whole-frame size) or a
+    RefDet (sizes required). The caller's model is not changed: a copy is traced.
 
     Returns:
         ``{"query": path, "support": path, "manifest": path}``.
     """
     model, img_size, support_size, k_shot = _load(ckpt_or_model, img_size, support_size, k_shot)
     if model.head.mode == "standard":
-        raise ValueError("ONNX export needs the prototype path; the model's head_mode is 'standard'")
+        raise ExportError("ONNX export needs the prototype path; the model's head_mode is 'standard'")
     if getattr(model.support_encoder, "int8", False):
-        raise ValueError("the INT8 (dynamically quantized) encoder does not export to ONNX; export the fp32 model")
-    model = model.eval().cpu()
+        raise ExportError("the INT8 (dynamically quantized) encoder does not export to ONNX; export the fp32 model")
+    if img_size % 32:
+        raise ExportError(f"export size {img_size} must be a multiple of 32 (the stride of P5)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     protos = proto_names(model)
@@ -223,7 +244,7 @@ def compare_onnx(
     """
     import onnxruntime as ort
 
-    model = model.eval().cpu()
+    model = frozen_copy(model)
     query, support = example_inputs(
         model, img_size=img_size, support_size=support_size, k_shot=k_shot, batch=batch, seed=seed
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from refdet_core.losses.iou import bbox_iou
@@ -79,7 +78,7 @@ class TaskAlignedAssigner:
         g = gt_boxes.shape[1]
         assert pred_boxes.shape == (b, a, 4), f"pred_boxes {tuple(pred_boxes.shape)} != {(b, a, 4)}"
         assert anchors.shape == (a, 2), f"anchors {tuple(anchors.shape)} != {(a, 2)}"
-        if g == 0 or not bool(gt_mask.any()):
+        if g == 0:  # a shape, known on the host; an all-padding gt_mask needs no branch (no host read)
             return _empty(b, a, pred_boxes.device)
         gt_boxes, pred_boxes, anchors = gt_boxes.float(), pred_boxes.float(), anchors.float()
         cand = self._candidates(anchors, gt_boxes, gt_mask)  # (B, G, A)
@@ -127,11 +126,9 @@ class TaskAlignedAssigner:
 
 def _resolve_conflicts(mask: Tensor, iou: Tensor) -> Tensor:
     """Give an anchor claimed by several boxes to the claiming box with the highest IoU; (B, G, A) bool."""
-    multi = mask.sum(1, keepdim=True) > 1  # (B, 1, A)
-    if not bool(multi.any()):
-        return mask
+    multi = mask.sum(1, keepdim=True) > 1  # (B, 1, A); no early return: it would read a flag on the host
     best = iou.masked_fill(~mask, -1.0).argmax(1)  # (B, A)
-    best_mask = F.one_hot(best, mask.shape[1]).permute(0, 2, 1).bool()  # (B, G, A)
+    best_mask = best[:, None] == torch.arange(mask.shape[1], device=mask.device)[None, :, None]  # (B, G, A)
     return torch.where(multi, best_mask, mask)
 
 

@@ -51,11 +51,9 @@ def supcon_loss(embeddings: Tensor, labels: Tensor, *, temperature: float = 0.1)
     log_prob = F.log_softmax(logits, dim=1)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask  # (M, M)
     n_pos = pos.sum(1)
-    has_pos = n_pos > 0
-    if not bool(has_pos.any()):
-        return graph_zero(embeddings)
+    has_pos = (n_pos > 0).float()  # (M,); masked means instead of a host-side "any" and a boolean index
     mean_log_prob = torch.where(pos, log_prob, 0.0).sum(1) / n_pos.clamp(min=1)  # (M,)
-    return -mean_log_prob[has_pos].mean()
+    return -(mean_log_prob * has_pos).sum() / has_pos.sum().clamp(min=1.0)
 
 
 def cpe_loss(embeddings: Tensor, labels: Tensor, prototypes: Tensor, *, temperature: float = 0.1) -> Tensor:

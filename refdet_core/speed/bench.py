@@ -87,7 +87,7 @@ def prefill_support_cache(setup: Any) -> float:
         for vid in setup.train_ids:
             for v in variants:
                 support = dataset.support_images(vid, v).to(setup.trainer.device)
-                cache.tokens(support, [vid], torch.tensor([v]))
+                cache.tokens(support, [vid], [v])
     cache.hits = cache.misses = 0  # the report counts lookups of training steps only
     _PREFILLED[key] = dict(cache.entries)
     while len(_PREFILLED) > _PREFILL_KEEP:

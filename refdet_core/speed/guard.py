@@ -83,7 +83,7 @@ def episode_losses(setup: Any, batch: Any) -> tuple[float, float]:
 
     before = loss()
     trainer.scaler.scale(before).backward()
-    trainer.optimizer_step(bool(torch.isfinite(before)))
+    trainer.optimizer_step(torch.isfinite(before))
     with torch.no_grad():
         after = loss()
     return float(before.detach()), float(after)

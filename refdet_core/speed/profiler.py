@@ -93,7 +93,7 @@ def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int =
     with clock("backward"):
         trainer.scaler.scale(total / trainer.cfg.train.grad_accum).backward()
     with clock("optimizer"):
-        trainer.optimizer_step(bool(torch.isfinite(total)))
+        trainer.optimizer_step(torch.isfinite(total))
     return total.detach()
 
 

@@ -18,10 +18,21 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or any(word in name.rsplit(".", 1)[-1] for word in NO_DECAY_WORDS)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel (or any ``.module`` wrapper), else the model itself."""
+    while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    return model
+
+
 def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """One group per (top-level module, decay) with the module's LR multiplier from ``cfg.lr_mult``."""
+    """One group per (top-level module, decay) with the module's LR multiplier from ``cfg.lr_mult``.
+
+    Names are the unwrapped model's: under DDP every name would start with ``module.`` and all parameters
+    would fall into one group, losing the multipliers.
+    """
     groups: dict[tuple[str, bool], dict] = {}
-    for name, param in model.named_parameters():
+    for name, param in unwrap(model).named_parameters():
         if not param.requires_grad:
             continue
         module = name.split(".", 1)[0]

@@ -64,6 +64,19 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
                 )
 
 
+def _shared_source(layout: Any, cfg: RefDetConfig, *, rank: int, world_size: int, progress: bool) -> Any:
+    """The frame source, decoded once: under DDP rank 0 builds (or reuses) the store while the other ranks wait
+    at a barrier, then open the finished store, instead of every rank decoding every video at once."""
+    from refdet_core.data.episodes import make_source
+
+    if world_size > 1 and rank != 0:
+        dist.barrier()
+    source = make_source(layout, cfg, progress=progress and rank == 0)
+    if world_size > 1 and rank == 0:
+        dist.barrier()
+    return source
+
+
 @dataclass
 class TrainingSetup:
     cfg: RefDetConfig
@@ -89,7 +102,7 @@ def build_training(
     local_rank: int = 0,
     progress: bool = True,
 ) -> TrainingSetup:
-    from refdet_core.data.episodes import make_loader, make_source
+    from refdet_core.data.episodes import make_loader
     from refdet_core.data.layout import read_layout
     from refdet_core.losses.combined import CombinedLoss
     from refdet_core.models.refdet import RefDet
@@ -101,9 +114,11 @@ def build_training(
     train_ids, val_ids = layout.split(cfg.data)
     check_training_config(cfg, train_ids, source_name)
     device = pick_device(cfg.train.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # collectives and default allocations go to this rank's GPU
     seed_everything(cfg.train.seed)
     base_classes = base_classes_of(layout, train_ids)
-    source = make_source(layout, cfg, progress=progress and rank == 0)
+    source = _shared_source(layout, cfg, rank=rank, world_size=world_size, progress=progress)
     loader = make_loader(
         layout, source, train_ids, cfg, train=True, base_classes=base_classes, rank=rank, world_size=world_size
     )
@@ -121,7 +136,9 @@ def build_training(
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    loss_fn = CombinedLoss(cfg.loss, stage=cfg.train.stage, reg_max=cfg.model.reg_max).to(device)
+    # the episode dataset validates each batch on the host (EpisodeBatch.validate): no per-step label check
+    loss_fn = CombinedLoss(cfg.loss, stage=cfg.train.stage, reg_max=cfg.model.reg_max, check_labels=False)
+    loss_fn = loss_fn.to(device)
     meta = {
         "base_classes": base_classes,
         "train_videos": train_ids,
@@ -166,6 +183,13 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     return bool((hi - lo).abs().item() <= 1e-6 * max(1.0, total.abs().item()))
 
 
+def _gather(value: Any, world_size: int) -> list[Any]:
+    """``value`` of every rank, in rank order (a collective: every rank calls it)."""
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
 def train_from_params(
     params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
 ) -> dict[str, Any] | None:
@@ -196,6 +220,7 @@ def train_from_params(
         }
         if world_size > 1:
             result["ranks_in_sync"] = ranks_in_sync(setup.model)
+            result["store_reused_by_rank"] = _gather(getattr(setup.source, "reused", None), world_size)
         if rank == 0:
             atomic_write_json(out / "train_result.json", result)
             return result

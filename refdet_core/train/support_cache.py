@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,15 +63,18 @@ class SupportFeatureCache:
             _, old = self.entries.popitem(last=False)
             self.bytes -= old.numel() * old.element_size()
 
-    def tokens(self, support: torch.Tensor, video_ids: list[str], variants: torch.Tensor) -> torch.Tensor:
-        """support (N, K, 3, S, S) -> frozen-prefix tokens (N, K, T, E); cached where variant >= 0."""
+    def tokens(self, support: torch.Tensor, video_ids: Sequence[str], variants: Sequence[int]) -> torch.Tensor:
+        """support (N, K, 3, S, S) -> frozen-prefix tokens (N, K, T, E); cached where variant >= 0.
+
+        ``variants`` are host ints (the batch's metadata), so a lookup never reads the device.
+        """
         from refdet_core.models.refdet import prepare_support
 
         n, k = support.shape[:2]
-        assert len(video_ids) == n and variants.shape == (n,), "one video id and variant per support row"
+        assert len(video_ids) == n and len(variants) == n, "one video id and variant per support row"
         out: list[torch.Tensor | None] = [None] * n
         todo = []
-        for i, (vid, var) in enumerate(zip(video_ids, variants.tolist())):
+        for i, (vid, var) in enumerate(zip(video_ids, variants)):
             key = (vid, int(var))
             if var >= 0 and key in self.entries:
                 self.entries.move_to_end(key)
@@ -85,7 +88,7 @@ class SupportFeatureCache:
             fresh = fresh.view(len(todo), k, *fresh.shape[1:])
             for j, i in enumerate(todo):
                 out[i] = fresh[j]
-                if int(variants[i]) >= 0:
+                if variants[i] >= 0:
                     self._put((video_ids[i], int(variants[i])), fresh[j].detach())
         return torch.stack(out)  # type: ignore[arg-type]
 

@@ -5,6 +5,11 @@ unscale -> finite check -> clip -> step -> scaler update -> scheduler step -> ze
 A non-finite loss or gradient skips the optimizer step, is counted, and stops training after
 ``max_bad_steps`` in a row. Callbacks (``on_step_end``, ``on_epoch_end``) feed the notebook's plots; the
 trainer never draws.
+
+No host synchronisation between logging steps: losses, gradient norms and the skip counters stay on the
+device and are read once per ``log_every`` optimizer steps. With a fused AdamW and no fp16 loss scaling the
+skip itself happens on the device too (the fused kernel takes ``found_inf``); otherwise the finite check reads
+one flag per optimizer step.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _finite(window: list[dict[str, torch.Tensor]]) -> bool:
-    return bool(torch.stack([torch.isfinite(w["loss"]) for w in window]).all())
+def _finite(window: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """() bool on the device: every loss of the accumulation window is finite (no host read)."""
+    return torch.stack([torch.isfinite(w["loss"]) for w in window]).all()
 
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -90,11 +96,14 @@ class Trainer:
         self.steps_per_epoch = math.ceil(episodes / tc.grad_accum)
         self.total_steps = self.steps_per_epoch * tc.epochs
         self.precision = resolve_precision(cfg.speed, device)
-        self.optimizer = make_optimizer(model, tc, fused=cfg.speed.fused_adamw and device.type == "cuda")
+        self.optimizer = make_optimizer(model, tc, fused=cfg.speed.fused_adamw)
         self.scheduler = make_scheduler(self.optimizer, tc, self.total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        # the fused kernel skips a step on the device when told found_inf; GradScaler's fp16 path reads its own
+        self.device_skip = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
         self.state = TrainState()
         self.callbacks: dict[str, list[Callback]] = defaultdict(list)
+        self._reset_counters()
 
     # ------------------------------------------------------------------ hooks
     def add_callback(self, event: str, fn: Callback) -> None:
@@ -122,29 +131,29 @@ class Trainer:
             self.scaler.scale(total / self.cfg.train.grad_accum).backward()
         return total.detach(), terms
 
-    def train_step(self, batch: Any, epoch: int = 0) -> float:
+    def train_step(self, batch: Any, epoch: int = 0) -> torch.Tensor:
         """One episode, one optimizer step (forward, loss, backward, clip, step): the unit the bench times.
 
-        Returns the loss. ``fit`` does the same per accumulation window, with logging and callbacks.
+        Returns the loss as a () tensor on the device (reading it is the caller's sync). ``fit`` does the same
+        per accumulation window, with logging and callbacks.
         """
         total, _ = self._micro_step(batch, epoch, True)
-        self.optimizer_step(bool(torch.isfinite(total)))
-        return float(total)
+        self.optimizer_step(torch.isfinite(total))
+        return total
 
-    def optimizer_step(self, loss_ok: bool) -> float:
-        """Unscale, check, clip and step; returns the gradient norm (inf/nan when skipped)."""
+    def optimizer_step(self, loss_ok: torch.Tensor) -> torch.Tensor:
+        """Unscale, check, clip and step; returns the gradient norm () on the device (inf/nan when skipped)."""
         self.scaler.unscale_(self.optimizer)  # checks and clipping see true gradients
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip_norm)
-        grad_ok = bool(torch.isfinite(norm))  # note: a CPU-GPU sync point, once per optimizer step
-        if loss_ok and grad_ok:
-            self.scaler.step(self.optimizer)
-            self.state.bad_in_row = 0
-        elif loss_ok and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0:
-            # fp16 overflow: GradScaler skips the step and lowers its scale; calibration, not a failure
-            self.state.skipped += 1
+        ok = loss_ok & torch.isfinite(norm)  # (), on the device
+        if self.device_skip:
+            bad = (~ok).float()
+            self.optimizer.found_inf, self.optimizer.grad_scale = bad, None  # read by the fused kernel
+            self.optimizer.step()
+            self._count_bad(bad)
         else:
-            self._bad_step("loss" if not loss_ok else "gradient")
+            self._host_checked_step(bool(loss_ok), bool(ok))  # note: a CPU-GPU sync point per optimizer step
         self.scaler.update()
         with warnings.catch_warnings():
             # the schedule counts optimizer steps, skipped ones included
@@ -152,17 +161,51 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return float(norm)
+        return norm
+
+    def _host_checked_step(self, loss_ok: bool, ok: bool) -> None:
+        if ok:
+            self.scaler.step(self.optimizer)
+            self.state.bad_in_row = 0
+        elif loss_ok and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0:
+            # fp16 overflow: GradScaler skips the step and lowers its scale; calibration, not a failure
+            self.state.skipped += 1
+        else:
+            self._bad_step("loss" if not loss_ok else "gradient")
 
     def _bad_step(self, reason: str) -> None:
         self.state.skipped += 1
         self.state.bad_in_row += 1
         logger.warning("non-finite %s at step %d: optimizer step skipped", reason, self.state.step)
-        if self.state.bad_in_row >= self.cfg.train.max_bad_steps:
+        self._stop_if_too_many(self.state.bad_in_row, f"last: non-finite {reason} at step {self.state.step}")
+
+    def _stop_if_too_many(self, run: int, detail: str) -> None:
+        if run >= self.cfg.train.max_bad_steps:
             raise TrainingStopped(
-                f"stopped after {self.state.bad_in_row} non-finite steps in a row (last: non-finite {reason} "
-                f"at step {self.state.step}); lower lr or use fp32/bf16"
+                f"stopped after {run} non-finite steps in a row ({detail}); lower lr or use fp32/bf16"
             )
+
+    # ------------------------------------------------------------------ device-side counters
+    def _reset_counters(self) -> None:
+        """Skips counted on the device: since the last host read, the current run, the longest run since then."""
+        self._skips = torch.zeros(3, device=self.device)
+
+    def _count_bad(self, bad: torch.Tensor) -> None:
+        total, run, worst = self._skips.unbind()
+        run = (run + 1) * bad  # the run of non-finite steps restarts at 0 after a good step
+        self._skips = torch.stack([total + bad, run, torch.maximum(worst, run)])
+
+    def sync_counters(self) -> None:
+        """Fold the device-side skip counters into ``state`` (one host read) and stop after too many in a row."""
+        if not self.device_skip:
+            return
+        total, run, worst = (int(v) for v in self._skips.tolist())
+        self.state.skipped += total
+        self.state.bad_in_row = run
+        self._skips = torch.tensor([0.0, run, run], device=self.device)
+        if total:
+            logger.warning("%d optimizer steps skipped for a non-finite loss or gradient", total)
+        self._stop_if_too_many(worst, f"by step {self.state.step}")
 
     # ------------------------------------------------------------------ one epoch
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
@@ -170,32 +213,30 @@ class Trainer:
         sampler = getattr(self.loader, "sampler", None) or getattr(self.loader, "batch_sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        accum, sums, count = self.cfg.train.grad_accum, defaultdict(float), 0
+        accum, sums, lr_sum, count = self.cfg.train.grad_accum, None, 0.0, 0
         window: list[dict[str, torch.Tensor]] = []
         start, wait_start, data_s = time.perf_counter(), time.perf_counter(), 0.0
         episodes = 0
         for i, batch in enumerate(self.loader):
             episodes = i + 1
             data_s += time.perf_counter() - wait_start
-            last = (i + 1) % accum == 0
-            total, terms = self._micro_step(batch, epoch, last)
+            total, terms = self._micro_step(batch, epoch, (i + 1) % accum == 0)
             window.append({"loss": total, **terms})
-            if last:
-                row = self._log_row(epoch, window, self.optimizer_step(_finite(window)))
-                for k, v in row.items():
-                    sums[k] += v
-                count += 1
-                window = []
-                self._fire("on_step_end", row)
+            if len(window) == accum:
+                sums, lr_sum, count, window = (
+                    self._end_window(epoch, window, sums),
+                    lr_sum + self.base_lr(),
+                    count + 1,
+                    [],
+                )
             wait_start = time.perf_counter()
         if window:  # an incomplete accumulation window still updates the weights
-            row = self._log_row(epoch, window, self.optimizer_step(_finite(window)))
-            for k, v in row.items():
-                sums[k] += v
-            count += 1
+            sums, lr_sum, count = self._end_window(epoch, window, sums), lr_sum + self.base_lr(), count + 1
+        self.sync_counters()
         seconds = time.perf_counter() - start
-        summary = {k: v / max(count, 1) for k, v in sums.items() if k not in ("epoch", "step")}
+        summary = dict(zip(self._keys, (sums / max(count, 1)).tolist())) if sums is not None else {}  # one read
         summary.update(
+            lr=lr_sum / max(count, 1),
             epoch=epoch,
             seconds=seconds,
             episodes=episodes * self.world_size,
@@ -204,16 +245,34 @@ class Trainer:
         )
         return summary
 
-    def _log_row(self, epoch: int, window: list[dict[str, torch.Tensor]], grad_norm: float) -> dict[str, float]:
-        """Mean of the window's terms as floats (one sync per optimizer step, never tensors kept)."""
-        row: dict[str, float] = {"epoch": epoch, "step": self.state.step}
-        for key in window[0]:
-            row[key] = float(torch.stack([w[key].float() for w in window]).mean())
+    def base_lr(self) -> float:
+        """The schedule's LR before per-module multipliers (a host value: the scheduler runs on the host)."""
         group = self.optimizer.param_groups[0]
-        row["lr"] = group["lr"] / (group.get("lr_mult") or 1.0)  # the base LR, before per-module multipliers
-        row["grad_norm"] = grad_norm
+        return group["lr"] / (group.get("lr_mult") or 1.0)
+
+    def _end_window(self, epoch: int, window: list[dict[str, torch.Tensor]], sums: torch.Tensor | None) -> torch.Tensor:
+        """Optimizer step for an accumulation window; its mean terms join the epoch sums on the device, and on
+        every ``log_every``-th step become a history row (the only host read between epochs)."""
+        norm = self.optimizer_step(_finite(window))
+        self._keys = [*window[0], "grad_norm"]
+        means = [torch.stack([w[k].float() for w in window]).mean() for k in window[0]]
+        vec = torch.stack([*means, norm.float()])  # (terms + 1,)
         if self.state.step % self.cfg.train.log_every == 0:
-            self.state.history.append(row)
+            row = self._log_row(epoch, vec)
+            self._fire("on_step_end", row)
+        return vec if sums is None else sums + vec
+
+    def _log_row(self, epoch: int, vec: torch.Tensor) -> dict[str, float]:
+        """A history row from the step's mean terms (averaged over ranks under DDP): one host read."""
+        if self.world_size > 1:
+            vec = vec.clone()
+            torch.distributed.all_reduce(vec)  # every rank logs on the same steps
+            vec /= self.world_size
+        row: dict[str, float] = {"epoch": epoch, "step": self.state.step}
+        row.update(zip(self._keys, vec.tolist()))  # note: a CPU-GPU sync, once per logged step
+        row["lr"] = self.base_lr()
+        self.state.history.append(row)
+        self.sync_counters()
         return row
 
     # ------------------------------------------------------------------ the run
