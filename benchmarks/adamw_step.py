@@ -6,6 +6,7 @@ Run: .venv/bin/python benchmarks/adamw_step.py
 import time
 
 import torch
+
 from refdet_core.config import config_from_dict
 from refdet_core.models.refdet import RefDet
 
