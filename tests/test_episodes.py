@@ -293,3 +293,18 @@ def test_crop_native_batches_have_query_size_and_frame_scale(demo_root, tmp_path
         config_from_dict({"img_size": 64, "frame_size": 128})
     with pytest.raises(ConfigError, match="frame_size"):
         config_from_dict({"img_size": 64, "frame_size": 32, "crop_native": True})
+
+
+@pytest.mark.parametrize("num_aug", [1, 3])
+def test_num_aug_variants_all_come_up_in_one_epoch(layout, store, ids, num_aug):
+    """An epoch that covers every annotated frame at num_aug 1 covers every (frame, variant) pair at num_aug 3:
+    the epoch is num_aug times longer, instead of the variants thinning out the frames seen."""
+    pools = frame_pools(layout, store, ids, 0.5)
+    n_query = 3
+    episodes = max(-(-len(pools[v][0]) // n_query) for v in ids)  # enough for each video's annotated frames
+    cfg = _cfg(num_aug=num_aug, n_way=len(ids), n_query=n_query, bg_share=0.0, episodes_per_epoch=episodes)
+    specs = list(make_sampler(layout, store, ids, cfg, train=True))
+    assert len(specs) == episodes * num_aug
+    seen = {(s.videos[c], f, v) for s in specs for c, f, v in zip(s.query_class, s.query_frame, s.query_variant)}
+    wanted = {(vid, f, v) for vid in ids for f in pools[vid][0] for v in range(num_aug)}
+    assert wanted <= seen, f"{len(wanted - seen)} of {len(wanted)} (frame, variant) pairs never drawn"
