@@ -118,7 +118,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from refdet_core.eval.video import predict_to_submission
 
-    summary = predict_to_submission(args.data, args.ckpt, args.out)
+    summary = predict_to_submission(
+        args.data,
+        args.ckpt,
+        args.out,
+        device=args.device,
+        batch=args.batch,
+        precision=args.precision,
+        enter=args.enter,
+        colour_check=False if args.no_colour_check else None,
+        progress=not args.quiet,
+    )
     print(json.dumps(summary, default=float))
 
 
@@ -234,10 +244,34 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", default=None, metavar="CKPT")
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("predict", help="whole-video inference -> challenge submission")
-    c.add_argument("--data", required=True)
-    c.add_argument("--ckpt", required=True)
-    c.add_argument("--out", required=True)
+    c = sub.add_parser(
+        "predict",
+        help="whole-video inference -> challenge submission",
+        description="Every frame of every video of a challenge layout -> one submission JSON. The post-processing, "
+        "candidate selection and precision saved beside the checkpoint (by notebook 06: inference.json) apply; "
+        "the flags below override them.",
+    )
+    c.add_argument(
+        "--data", required=True, help="challenge layout root: samples/<video_id>/{object_images,drone_video.mp4}"
+    )
+    c.add_argument("--ckpt", required=True, help="checkpoint folder written by training (05 or refdet train)")
+    c.add_argument("--out", required=True, help="submission JSON to write (atomically)")
+    c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    c.add_argument("--batch", type=int, default=8, help="frames per forward pass (default 8)")
+    c.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="autocast precision (default: the saved one, else fp32)",
+    )
+    c.add_argument(
+        "--enter",
+        type=float,
+        default=None,
+        help="score that starts an interval (default: the saved one); leave keeps its ratio",
+    )
+    c.add_argument("--no-colour-check", action="store_true", help="pick each frame's box by the detector's score alone")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_predict)
 
     c = sub.add_parser(

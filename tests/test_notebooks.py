@@ -101,3 +101,28 @@ def test_smoke_06_metrics(smoke_run):
     assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["videos"])
     assert m["colour_check"]["enabled"] is True and m["frames_per_s"] > 0
     assert (out / "06_validate" / "submission.json").is_file()
+
+
+@pytest.mark.slow
+def test_predict_applies_the_settings_06_chose(smoke_run, tmp_path, capsys):
+    """`refdet predict` on 06's checkpoint reproduces 06's per-video ST-IoU: the post-processing and candidate
+    settings 06 chose are saved beside the checkpoint and applied, not the defaults."""
+    from refdet_core.cli import main
+    from refdet_core.eval.metrics import st_iou
+    from refdet_core.eval.submission import read_annotations, read_submission
+
+    out, _ = smoke_run
+    metrics = json.loads((out / "06_validate" / "metrics.json").read_text())
+    ckpt = out / "05_train_stage2" / "checkpoint"
+    saved = json.loads((ckpt / "inference.json").read_text())
+    assert saved["postprocess"] == metrics["postprocess"] and saved["colour_check"] == metrics["colour_check"]
+    data_root = ROOT / yaml.safe_load((ROOT / "params" / "smoke" / "06_validate.yaml").read_text())["data_root"]
+    sub = tmp_path / "submission.json"
+    assert main(["predict", "--data", str(data_root), "--ckpt", str(ckpt), "--out", str(sub), "-q"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["postprocess"]["enter"] == metrics["postprocess"]["enter"]
+    gt = read_annotations(data_root / "annotations" / "annotations.json")
+    pred = read_submission(sub)
+    scores = st_iou({v: gt.get(v, {}) for v in metrics["videos"]}, {v: pred.get(v, {}) for v in metrics["videos"]})
+    for vid, value in metrics["st_iou"].items():
+        assert scores["videos"][vid] == pytest.approx(value, abs=1e-6), vid

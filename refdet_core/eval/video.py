@@ -9,9 +9,10 @@ frame, and one wins: the top prototype score (sigmoid), or, with the reference c
 the combined score of colour match and detector score; then ``eval.postprocess`` (hysteresis, gap filling,
 minimum length, smoothing) turns the per-frame detections into a track.
 
-Post-processing thresholds and the colour check do not come from the checkpoint (the ``PostprocessConfig`` and
-``ColourCheck`` defaults apply) unless its ``meta.json`` carries a ``"postprocess"`` / ``"colour_check"``
-mapping; ``tune_enter`` picks ``enter`` on training videos, which helps when scores are not calibrated.
+Post-processing thresholds, the candidate selection and the precision come from the checkpoint folder's
+``inference.json`` when there is one: notebook 06 writes there the settings it chose on the training videos
+(``save_inference``), so ``refdet predict`` gives the notebook's answers. Without it, ``meta.json``'s
+``"postprocess"`` / ``"colour_check"`` mappings, else the ``PostprocessConfig`` and ``ColourCheck`` defaults.
 """
 
 from __future__ import annotations
@@ -293,20 +294,51 @@ class VideoPredictor:
 
 
 # ---------------------------------------------------------------- checkpoints, layouts, submissions
+INFERENCE_FILE = "inference.json"  # in the checkpoint folder: the inference settings chosen for these weights
+
+
+def save_inference(
+    ckpt_dir: str | Path, *, post: PostprocessConfig, check: ColourCheck, precision: str = "fp32", **notes
+) -> Path:
+    """Write the post-processing, candidate selection and precision chosen for a checkpoint beside its weights
+    (``inference.json``), so that ``refdet predict`` applies them. ``notes`` (e.g. what they were chosen on)
+    are kept for the reader. A new checkpoint save replaces the folder, and with it these settings."""
+    from refdet_core.config import atomic_write_json
+
+    path = Path(ckpt_dir) / INFERENCE_FILE
+    atomic_write_json(path, {"postprocess": vars(post), "colour_check": vars(check), "precision": precision, **notes})
+    return path
+
+
+def inference_settings(ckpt_dir: str | Path, meta: Mapping) -> dict:
+    """``{"postprocess": {...}, "colour_check": {...}, "precision"?: str}`` of a checkpoint folder."""
+    import json
+
+    path = Path(ckpt_dir) / INFERENCE_FILE
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise VideoError(f"{path}: not valid JSON ({err})") from None
+        return {"postprocess": saved.get("postprocess", {}), "colour_check": saved.get("colour_check", {}),
+                "precision": saved.get("precision", "fp32")}  # fmt: skip
+    return {"postprocess": meta.get("postprocess", {}), "colour_check": meta.get("colour_check", {})}
+
+
 def load_predictor(
     ckpt_dir: str | Path,
     *,
     device: str | torch.device = "cpu",
     post: PostprocessConfig | None = None,
     batch: int = 8,
-    precision: str = "fp32",
+    precision: str | None = None,
     channels_last: bool = False,
     check: ColourCheck | None = None,
 ) -> VideoPredictor:
     """A VideoPredictor over the RefDet of a checkpoint folder (its config.yaml and meta.json give the model).
 
-    ``post`` None: ``meta["postprocess"]`` when the checkpoint has one, else the PostprocessConfig defaults;
-    ``check`` None: ``meta["colour_check"]`` likewise, else the ColourCheck defaults.
+    ``post``, ``check`` and ``precision`` None: the checkpoint's saved inference settings (``inference_settings``:
+    ``inference.json``, else ``meta.json``), else the PostprocessConfig / ColourCheck defaults and fp32.
     Raises CheckpointError (one line) for a missing or incomplete checkpoint.
     """
     from refdet_core.models.refdet import RefDet
@@ -316,10 +348,10 @@ def load_predictor(
     n_base = cfg.model.num_base_classes or len(meta.get("base_classes", []))
     model = RefDet(cfg.model, num_base_classes=n_base)
     load_weights(model, weights, source=str(ckpt_dir))
-    if post is None:
-        post = PostprocessConfig(**meta.get("postprocess", {}))
-    if check is None:
-        check = ColourCheck(**meta.get("colour_check", {}))
+    saved = inference_settings(ckpt_dir, meta)
+    post = PostprocessConfig(**saved["postprocess"]) if post is None else post
+    check = ColourCheck(**saved["colour_check"]) if check is None else check
+    precision = precision or saved.get("precision", "fp32")
     return VideoPredictor(
         model,
         img_size=cfg.data.full_frame_size,
@@ -379,23 +411,40 @@ def throughput(results: Mapping[str, VideoResult]) -> dict[str, float]:
 
 
 def predict_to_submission(
-    data_root: str | Path, ckpt: str | Path, out_path: str | Path, *, device: str = "auto", batch: int = 8
+    data_root: str | Path,
+    ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    device: str = "auto",
+    batch: int = 8,
+    precision: str | None = None,
+    enter: float | None = None,
+    colour_check: bool | None = None,
+    progress: bool = True,
 ) -> dict:
     """``refdet predict``: every video of ``data_root`` -> challenge submission at ``out_path`` (atomic).
 
     Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
-    picks CUDA when available.
+    picks CUDA when available. The checkpoint's saved inference settings apply (``load_predictor``); ``enter``
+    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given.
 
     Returns:
-        ``{"videos", "frames", "seconds", "frames_per_s", "out"}``.
+        ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "colour_check", "precision"}``.
     """
     from refdet_core.eval.submission import write_submission
     from refdet_core.train.run import pick_device
 
-    predictor = load_predictor(ckpt, device=pick_device(device), batch=batch)
-    results = predict_layout(data_root, predictor)
+    predictor = load_predictor(ckpt, device=pick_device(device), batch=batch, precision=precision)
+    if enter is not None:
+        post = predictor.post
+        ratio = post.leave / post.enter if post.enter > 0 else 0.6
+        predictor.post = replace(post, enter=float(enter), leave=float(enter) * ratio)
+    if colour_check is not None:
+        predictor.check = replace(predictor.check, enabled=bool(colour_check))
+    results = predict_layout(data_root, predictor, progress=progress)
     write_submission(out_path, tracks(results), list(results))
-    return {**throughput(results), "out": str(out_path)}
+    settings = {"postprocess": vars(predictor.post), "colour_check": vars(predictor.check)}
+    return {**throughput(results), "out": str(out_path), **settings, "precision": predictor.precision}
 
 
 def tracks(results: Mapping[str, VideoResult]) -> dict[str, ScoredTrack]:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The CUDA checks and the GPU figures of the bench, for a machine with a GPU (about 8 minutes).
+# Run from the repository root after `make install`:  bash benchmarks/gpu_check.sh
+# Prints the device, the host-device syncs of one training step, and `refdet bench --preset seed --preset fast`
+# at 640 px (fast resolves to bf16 + compile + fused AdamW on CUDA) with the seed workload's projected epoch.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-outputs/gpu_check}
+DATA=${DATA:-data/gpu_demo}
+mkdir -p "$OUT"
+$PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), 'torch', torch.__version__, 'bf16', torch.cuda.is_bf16_supported())"
+[ -f "$DATA/splits.json" ] || $PY -m refdet_core.cli data demo "$DATA" --videos 8 --frames 150
+$PY -m pytest -q -p no:randomly tests/test_sync.py tests/test_trainer.py::test_resume_continues_exactly
+timeout 120 $PY benchmarks/cuda_sync_check.py "$DATA" | tee "$OUT/sync.txt"
+printf 'data_root: %s\nimg_size: 640\ndevice: cuda\n' "$DATA" > "$OUT/bench_params.yaml"
+timeout 360 $PY -m refdet_core.cli bench --preset seed --preset fast -p "$OUT/bench_params.yaml" --episodes 20 --repeats 3 --json \
+  | tee "$OUT/bench.json"
+$PY - "$OUT/bench.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for name, p in r["presets"].items():
+    print(f"{name}: {p['episodes_per_s']:.2f} episodes/s, projected seed-workload epoch {p['epoch_s_projected']:.0f} s, "
+          f"{r['speedup'].get(name, float('nan')):.1f}x seed")
+PYEOF
