@@ -61,7 +61,10 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 def cmd_data_demo(args: argparse.Namespace) -> None:
     from refdet_core.data.demo import write_demo
 
-    summary = write_demo(args.out, videos=args.videos, frames=args.frames, seed=args.seed)
+    width, height = args.size
+    summary = write_demo(
+        args.out, videos=args.videos, frames=args.frames, seed=args.seed, width=width, height=height, fps=args.fps
+    )
     print(f"wrote demo set to {args.out}: {json.dumps(summary, default=str)}")
 
 
@@ -206,6 +209,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"{r['notebook']}: ok in {r['seconds']:.0f} s -> {r['out_dir']}")
 
 
+def _frame_size(text: str) -> tuple[int, int]:
+    """``"1280x720"`` -> (1280, 720)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+    return width, height
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages to stderr")
@@ -217,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--videos", type=int, default=8)
     d.add_argument("--frames", type=int, default=150)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--size", type=_frame_size, default=(640, 360), metavar="WxH", help="frame size (challenge videos: 1280x720)"
+    )
+    d.add_argument("--fps", type=int, default=25)
     d.set_defaults(func=cmd_data_demo)
     d = data.add_parser("check", help="validate a challenge layout and summarise it")
     d.add_argument("root")

@@ -84,3 +84,24 @@ def test_reselect_switches_the_picked_box_and_the_track() -> None:
     assert {tuple(b) for b in det.boxes} == {(0.0, 0.0, 8.0, 8.0)}
     assert {tuple(b) for b in col.boxes} == {(10.0, 0.0, 18.0, 8.0)}
     assert sorted(col.track) == list(range(n)) and col.track[0][:4] == (10.0, 0.0, 18.0, 8.0)
+
+
+def test_batched_nms_per_frame_equals_a_loop_over_frames():
+    """One batched NMS call keeps, per frame, the same boxes in the same order as NMS frame by frame."""
+    from torchvision.ops import nms
+
+    from refdet_core.eval.candidates import nms_per_frame
+
+    g = torch.Generator().manual_seed(0)
+    b, p, k = 5, 60, 7
+    xy = torch.rand(b, p, 2, generator=g) * 80
+    boxes = torch.cat([xy, xy + 5 + torch.rand(b, p, 2, generator=g) * 30], dim=-1)
+    scores = torch.rand(b, p, generator=g)
+    scores[3] = 0.0  # a frame whose boxes all tie
+    got_s, got_b = nms_per_frame(scores, boxes, k=k, iou=0.5)
+    for i in range(b):
+        keep = nms(boxes[i], scores[i], 0.5)[:k]
+        assert torch.equal(got_s[i, : len(keep)], scores[i, keep]) and torch.equal(
+            got_b[i, : len(keep)], boxes[i, keep]
+        )
+        assert (got_s[i, len(keep) :] == 0).all()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import nms, roi_align
+from torchvision.ops import batched_nms, roi_align
 
 from refdet_core.models.head import dfl_decode
 from refdet_core.models.support_encoder import colour_histogram
@@ -91,15 +91,35 @@ def top_candidates(
     assert scores.dim() == 3 and scores.shape[-1] == 1, f"expected scores (B, A, 1), got {tuple(scores.shape)}"
     probs = scores[..., 0].float().sigmoid()  # (B, A)
     top = probs.topk(min(PRE_NMS, probs.shape[1]), dim=1).indices  # (B, P)
-    b = probs.shape[0]
-    logits = box_logits[torch.arange(b, device=top.device)[:, None], top]  # (B, P, 4R)
-    boxes = dfl_decode(logits, anchors[top], strides[top])  # (B, P, 4)
-    out_s = probs.new_zeros(b, k)
-    out_b = probs.new_zeros(b, k, 4)
-    for i in range(b):
-        s = probs[i, top[i]]
-        keep = nms(boxes[i], s, iou)[:k]
-        out_s[i, : len(keep)], out_b[i, : len(keep)] = s[keep], boxes[i, keep]
+    rows = torch.arange(probs.shape[0], device=top.device)[:, None]
+    boxes = dfl_decode(box_logits[rows, top], anchors[top], strides[top])  # (B, P, 4)
+    return nms_per_frame(probs.gather(1, top), boxes, k=k, iou=iou)
+
+
+def top_decoded_candidates(
+    boxes: torch.Tensor, probs: torch.Tensor, *, k: int, iou: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``top_candidates`` for decoded outputs (the ONNX query graph's): boxes (B, A, 4) xyxy, probs (B, A)
+    sigmoid -> scores (B, k), boxes (B, k, 4)."""
+    top = probs.topk(min(PRE_NMS, probs.shape[1]), dim=1).indices  # (B, P)
+    return nms_per_frame(probs.gather(1, top), boxes.gather(1, top[..., None].expand(-1, -1, 4)), k=k, iou=iou)
+
+
+def nms_per_frame(
+    scores: torch.Tensor, boxes: torch.Tensor, *, k: int, iou: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NMS within each frame in one batched call: scores (B, P), boxes (B, P, 4) -> the ``k`` best survivors per
+    frame, best first: scores (B, k) (0 for padding), boxes (B, k, 4) (zeros for padding)."""
+    b, p = scores.shape
+    frame = torch.arange(b, device=scores.device).repeat_interleave(p)  # (B*P,)
+    keep = batched_nms(boxes.reshape(-1, 4).float(), scores.reshape(-1).float(), frame, iou)  # by score, descending
+    keep = keep[torch.sort(frame[keep], stable=True).indices]  # grouped by frame, still best first in each
+    f = frame[keep]
+    starts = torch.cumsum(torch.bincount(f, minlength=b), 0) - torch.bincount(f, minlength=b)  # (B,)
+    rank = torch.arange(len(keep), device=keep.device) - starts[f]
+    keep, f, rank = keep[rank < k], f[rank < k], rank[rank < k]
+    out_s, out_b = scores.new_zeros(b, k), boxes.new_zeros(b, k, 4)
+    out_s[f, rank], out_b[f, rank] = scores.reshape(-1)[keep], boxes.reshape(-1, 4)[keep]
     return out_s, out_b
 
 
