@@ -174,14 +174,54 @@ def cmd_profile(args: argparse.Namespace) -> None:
     _emit(report, args.json, text)
 
 
+DEMO_CKPT = Path("outputs/demo/05_train_stage2/checkpoint")  # what `make demo` trains
+
+
+def _inference_inputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(checkpoint, data root) of ``bench --inference``: flags, else a 06 params file's run_dir/data_root, else
+    the demo run's checkpoint and data."""
+    ckpt, data = args.ckpt, args.data
+    if args.params:
+        from refdet_core.config import read_yaml
+
+        params = read_yaml(args.params)
+        data = data or params.get("data_root")
+        run_dir = params.get("run_dir")
+        ckpt = ckpt or (Path(run_dir) / "05_train_stage2" / "checkpoint" if run_dir else None)
+    return Path(ckpt or DEMO_CKPT), Path(data or "data/demo")
+
+
+def _inference_text(r: dict[str, Any]) -> str:
+    stages = sorted({k for b in r["backends"].values() for k in b["ms_per_frame"]})
+    rows = [
+        [name, f"{b['frames_per_s']:.2f}", *(f"{b['ms_per_frame'].get(k, 0):.1f}" for k in stages),
+         f"{b['rss_peak_mb']:.0f}", f"{b['mean_st_iou']:.4f}", f"{b['st_iou_diff_vs_torch_fp32']:+.4f}"]
+        for name, b in r["backends"].items()
+    ]  # fmt: skip
+    head = ["backend", "frames/s", *(f"{k} ms" for k in stages), "RSS MB", "ST-IoU", "vs torch"]
+    return (
+        _table(rows, head)
+        + f"\n{r['frames']} frames at {r['frame_size']} px; decode alone {r['decode_ms_per_frame']:.1f} ms/frame"
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
+    if args.inference:
+        from refdet_core.speed.inference import run_inference_bench
+
+        ckpt, data = _inference_inputs(args)
+        report = run_inference_bench(
+            ckpt, data, backends=args.backend or ["torch", "onnxruntime"], batch=args.batch, repeats=args.repeats or 1
+        )
+        _emit(report, args.json, _inference_text)
+        return
     from refdet_core.speed.bench import run_bench
 
     report = run_bench(
         presets=args.preset or ["seed", "fast"],
         options=args.option or [],
         episodes=args.episodes,
-        repeats=args.repeats,
+        repeats=args.repeats or 3,
         params=args.params,
     )
 
@@ -320,9 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", action="append", help="seed, fast, ... (repeatable)")
     c.add_argument("--option", action="append", help="registry option on top of seed (repeatable)")
     c.add_argument("--episodes", type=int, default=4, help="measured episodes per repeat")
-    c.add_argument("--repeats", type=int, default=3)
-    c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes")
+    c.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; 1 with --inference)")
+    c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes (--inference: a 06 file)")
     c.add_argument("--json", action="store_true")
+    c.add_argument("--inference", action="store_true", help="whole-video inference per backend instead of training")
+    c.add_argument(
+        "--backend", action="append", help="with --inference: torch, torch-bf16, onnxruntime, onnxruntime-int8"
+    )
+    c.add_argument("--ckpt", default=None, help=f"with --inference: checkpoint folder (default {DEMO_CKPT})")
+    c.add_argument("--data", default=None, help="with --inference: challenge layout root (default data/demo)")
+    c.add_argument("--batch", type=int, default=8, help="with --inference: frames per forward pass")
     c.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("run", help="run notebooks headless with papermill")

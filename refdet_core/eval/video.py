@@ -21,6 +21,7 @@ import logging
 import queue
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,7 +65,7 @@ class VideoResult:
     valid: np.ndarray
     width: int
     height: int
-    seconds: float  # wall time of the decode + model loop
+    seconds: float  # wall time end to end: references, decode, model, candidates, post-processing
     track: ScoredTrack = field(default_factory=dict)
     candidates: Candidates | None = None  # every frame's top boxes, from which scores/boxes/valid were selected
 
@@ -222,6 +223,7 @@ class VideoPredictor:
         self.precision, self.channels_last = precision, channels_last
         self.check = ColourCheck() if check is None else check
         self.ref_hist: torch.Tensor | None = None
+        self.stage_s: dict[str, float] = defaultdict(float)  # wall seconds per stage (host clock: exact on CPU)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -251,12 +253,25 @@ class VideoPredictor:
         x = torch.as_tensor(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, S, S)
         assert x.shape[1:] == (3, self.img_size, self.img_size), f"frames {tuple(x.shape)} vs img_size {self.img_size}"
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        scores, boxes = self.candidates_of(x)
+        t0 = time.perf_counter()
+        colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
+        out = tuple(t.float().cpu().numpy() for t in (scores, boxes, colour))
+        self.stage_s["candidates"] += time.perf_counter() - t0
+        return out
+
+    def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (B, 3, S, S) uint8 -> each frame's candidates: scores (B, K) sigmoid, boxes (B, K, 4) letterbox px."""
+        t0 = time.perf_counter()
         with self._autocast():
             out = self.model(x, use_cache=True)
+        t1 = time.perf_counter()
         k, iou = self.check.candidates, self.check.nms_iou
-        scores, boxes = top_candidates(out.box_logits, out.scores, out.anchors, out.strides, k=k, iou=iou)
-        colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
-        return tuple(t.float().cpu().numpy() for t in (scores, boxes, colour))
+        found = top_candidates(out.box_logits, out.scores, out.anchors, out.strides, k=k, iou=iou)
+        t2 = time.perf_counter()
+        self.stage_s["model"] += t1 - t0
+        self.stage_s["candidates"] += t2 - t1
+        return found
 
     def predict_video(
         self,
@@ -279,13 +294,16 @@ class VideoPredictor:
                 parts.append(Candidates(s, b.reshape(s.shape + (4,)), ok.reshape(s.shape) & (s > 0), colour))
                 frames.append(np.arange(first, first + len(batch)))
                 bar.update(len(batch))
-        seconds = time.perf_counter() - t0
         self.model.clear_cache()
+        t_post = time.perf_counter()
         cands = Candidates.concat(parts)
         scores, boxes, valid = cands.select(self.check)
         frames = np.concatenate(frames).astype(np.int64)
-        result = VideoResult(video_id, frames, scores, boxes, valid, width, height, seconds, candidates=cands)
+        result = VideoResult(video_id, frames, scores, boxes, valid, width, height, 0.0, candidates=cands)
         result = result.retrack(self.post)
+        seconds = time.perf_counter() - t0
+        self.stage_s["post"] += time.perf_counter() - t_post
+        result.seconds = seconds
         n, fps = len(result.frames), result.frames_per_s
         log.info(
             "%s: %d frames in %.1f s (%.1f frames/s), %d in the track", video_id, n, seconds, fps, len(result.track)

@@ -1,0 +1,209 @@
+"""Whole-video inference bench: one checkpoint, the same videos, several backends side by side in one process.
+
+Each backend runs every video end to end (decode included) in turn, interleaved over ``repeats`` rounds so that
+machine noise falls on all of them alike. Reported per backend: frames/s end to end, ms per frame in each stage
+(model, candidates with their colour match, post-processing; decoding runs in a reader thread beside the model,
+so its own cost is measured apart, alone), peak RSS while the backend ran, and the mean ST-IoU with its
+difference from ``torch`` in fp32 (the accuracy guard).
+
+Backends (``BACKENDS``): ``torch`` (fp32), ``torch-bf16`` (autocast; pays only with AMX / AVX512-BF16),
+``onnxruntime`` (the exported graphs, prototypes as an input computed once per video) and ``onnxruntime-int8``
+(the query graph with dynamically quantized weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from refdet_core.eval.candidates import reference_histograms, top_decoded_candidates
+from refdet_core.eval.video import VideoPredictor, evaluate, frame_batches, layout_ground_truth, load_predictor
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
+RSS_EVERY_S = 0.1
+
+
+class OnnxPredictor(VideoPredictor):
+    """A VideoPredictor whose model runs in onnxruntime: ``support.onnx`` once per video, ``query.onnx`` per batch
+    with the prototypes as inputs; candidates, colour check and post-processing are the torch predictor's."""
+
+    def __init__(self, base: VideoPredictor, onnx_dir: str | Path, *, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        from refdet_core.eval.export import proto_names
+
+        vars(self).update(vars(base))
+        self.stage_s = type(base.stage_s)(float)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        providers = ["CPUExecutionProvider"]
+        folder = Path(onnx_dir)
+        query = folder / "query.int8.onnx" if (folder / "query.int8.onnx").is_file() else folder / "query.onnx"
+        self.support_session = ort.InferenceSession(str(folder / "support.onnx"), opts, providers=providers)
+        self.query_session = ort.InferenceSession(str(query), opts, providers=providers)
+        self.names = proto_names(base.model)
+        self.protos: dict[str, np.ndarray] = {}
+
+    @torch.inference_mode()
+    def set_references(self, reference_paths: Sequence[str | Path]) -> None:
+        refs = self.reference_tensor(reference_paths)
+        self.ref_hist = reference_histograms(refs[0], self.check.bins)
+        self.protos = dict(zip(self.names, self.support_session.run(self.names, {"support": refs.numpy()})))
+
+    def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
+        feed = {"query": np.ascontiguousarray(x.cpu().numpy()), **self.protos}
+        boxes, scores = self.query_session.run(["boxes", "scores"], feed)
+        t1 = time.perf_counter()
+        k, iou = self.check.candidates, self.check.nms_iou
+        found = top_decoded_candidates(torch.from_numpy(boxes), torch.from_numpy(scores[..., 0]), k=k, iou=iou)
+        self.stage_s["model"] += t1 - t0
+        self.stage_s["candidates"] += time.perf_counter() - t1
+        return found
+
+
+def quantize_query(onnx_dir: Path) -> Path:
+    """``query.int8.onnx``: the query graph with INT8 weights (onnxruntime's dynamic quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = onnx_dir / "query.int8.onnx"
+    quantize_dynamic(str(onnx_dir / "query.onnx"), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def make_predictors(ckpt: str | Path, backends: Sequence[str], *, batch: int, work: Path) -> dict[str, VideoPredictor]:
+    """One predictor per backend over the same checkpoint and inference settings."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        from refdet_core.speed.options import OptionError
+
+        raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    out: dict[str, VideoPredictor] = {}
+    for name in backends:
+        precision = "bf16" if name == "torch-bf16" else "fp32"
+        base = load_predictor(ckpt, batch=batch, precision=precision)
+        if name.startswith("onnxruntime"):
+            from refdet_core.eval.export import export_onnx
+
+            folder = work / name
+            export_onnx(ckpt, folder)
+            if name.endswith("int8"):
+                quantize_query(folder)
+            base = OnnxPredictor(base, folder)
+        out[name] = base
+    return out
+
+
+class RssPeak:
+    """Peak resident set size (MB) sampled by a thread while the context is open."""
+
+    def __enter__(self) -> RssPeak:
+        import psutil
+
+        self.proc, self.peak_mb, self.stop = psutil.Process(), 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.proc.memory_info().rss / 2**20)
+            self.stop.wait(RSS_EVERY_S)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak_mb = max(self.peak_mb, self.proc.memory_info().rss / 2**20)
+
+
+def decode_ms_per_frame(video_path: str | Path, img_size: int) -> float:
+    """Decoding and letterboxing alone, ms per frame (the reader thread's work, measured without the model)."""
+    t0, n = time.perf_counter(), 0
+    for frames, *_ in frame_batches(video_path, img_size, 16):
+        n += len(frames)
+    return (time.perf_counter() - t0) * 1e3 / max(n, 1)
+
+
+def _one_pass(predictor: VideoPredictor, layout: Any, video_ids: Sequence[str]) -> tuple[dict, float, float]:
+    """Every video through one predictor -> (results, wall seconds, peak RSS MB)."""
+    with RssPeak() as rss:
+        t0 = time.perf_counter()
+        results = {
+            v: predictor.predict_video(layout.videos[v].video_path, layout.videos[v].reference_paths, video_id=v)
+            for v in video_ids
+        }
+        seconds = time.perf_counter() - t0
+    return results, seconds, rss.peak_mb
+
+
+def run_inference_bench(
+    ckpt: str | Path,
+    data_root: str | Path,
+    *,
+    backends: Sequence[str] = ("torch", "onnxruntime"),
+    video_ids: Sequence[str] | None = None,
+    batch: int = 8,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Whole-video inference of ``ckpt`` over ``video_ids`` (default: the checkpoint's validation videos) per
+    backend, interleaved over ``repeats`` rounds.
+
+    Returns:
+        ``{"backends": {name: {"frames_per_s", "ms_per_frame": {stage: ms}, "rss_peak_mb", "mean_st_iou",
+        "st_iou_diff_vs_torch_fp32"}}, "frame_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
+    """
+    from refdet_core.data.layout import read_layout
+    from refdet_core.eval.video import validation_split
+    from refdet_core.train.checkpoint import read_checkpoint
+
+    assert repeats >= 1 and batch >= 1, f"repeats {repeats} and batch {batch} must be >= 1"
+    _, cfg, meta = read_checkpoint(ckpt)
+    layout = read_layout(data_root)
+    ids = list(video_ids) if video_ids else validation_split(layout, cfg.data, meta)[1]
+    names = list(dict.fromkeys(["torch", *backends]))  # torch fp32 is the guard's reference
+    with tempfile.TemporaryDirectory(prefix="refdet-inference-") as work:
+        predictors = make_predictors(ckpt, names, batch=batch, work=Path(work))
+        runs: dict[str, list] = {n: [] for n in names}
+        for _ in range(repeats):
+            for name in names:
+                predictors[name].stage_s.clear()
+                results, seconds, rss = _one_pass(predictors[name], layout, ids)
+                runs[name].append((results, seconds, rss, dict(predictors[name].stage_s)))
+    gt = layout_ground_truth(layout, [v for v in ids if v in layout.labelled_ids])
+    frames = sum(len(r.frames) for r in runs["torch"][0][0].values())
+    report = {n: _summary(runs[n], gt, frames) for n in names}
+    for row in report.values():
+        row["st_iou_diff_vs_torch_fp32"] = row["mean_st_iou"] - report["torch"]["mean_st_iou"]
+    size = predictors["torch"].img_size
+    return {
+        "backends": {n: report[n] for n in names if n in backends or n == "torch"},
+        "frame_size": size,
+        "videos": ids,
+        "frames": frames,
+        "decode_ms_per_frame": decode_ms_per_frame(layout.videos[ids[0]].video_path, size),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _summary(runs: list, gt: dict, frames: int) -> dict[str, Any]:
+    """Median frames/s over the rounds, stage ms per frame of that round, peak RSS, ST-IoU of the first round."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i][1])
+    results, seconds, _, stages = runs[order[len(order) // 2]]
+    scores = evaluate(results, gt) if gt else {"mean_st_iou": float("nan")}
+    return {
+        "frames_per_s": frames / seconds,
+        "ms_per_frame": {k: v * 1e3 / frames for k, v in sorted(stages.items())},
+        "rss_peak_mb": max(r[2] for r in runs),
+        "mean_st_iou": scores["mean_st_iou"],
+    }
