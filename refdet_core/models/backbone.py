@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refdet_core.models.weights import WeightsError, read_tensors, unwrap_state_dict
+from refdet_core.models.weights import WeightsError, read_tensors, short_reason, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def read_ultralytics_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"refdet weights convert {path.name} {path.stem}.safetensors"
         ) from err
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise WeightsError(f"{path}: not a readable checkpoint ({str(err).strip().splitlines()[0]})") from err
+        raise WeightsError(f"{path}: not a readable checkpoint ({short_reason(err)})") from err
     if isinstance(obj, dict):  # Ultralytics writes the module under "ema" (training) or "model" (YOLO.save)
         module = next((obj[k] for k in ("ema", "model") if isinstance(obj.get(k), nn.Module)), None)
         if module is not None:

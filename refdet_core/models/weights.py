@@ -68,9 +68,10 @@ class WeightsError(ConfigError):
     """A weights file that cannot be read, has an unknown layout or does not fit the model; names the file."""
 
 
-def _first_line(err: BaseException) -> str:
+def short_reason(err: BaseException) -> str:
+    """The first sentence of an exception's message (torch's read errors run to several)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
 
 
 def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -107,7 +108,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
-        raise WeightsError(f"{path}: not a readable weights file ({_first_line(err)})") from err
+        raise WeightsError(f"{path}: not a readable weights file ({short_reason(err)})") from err
     return unwrap_state_dict(obj, path)
 
 
