@@ -113,7 +113,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def detect_format(sd: dict[str, torch.Tensor]) -> str | None:
-    """ "meta", "timm", "hf" or None from the key names alone."""
+    """The layout ("meta", "timm" or "hf") from the key names alone; None when it is none of them."""
     if "storage_tokens" in sd or any(k.endswith((".ls1.gamma", ".attn.qkv.bias")) for k in sd):
         return "meta"
     if any(k.startswith(("embeddings.", "layer.")) for k in sd):
@@ -230,12 +230,13 @@ def encoder_variant(name: str, weights: EncoderWeights) -> str:
 def infer_encoder(weights: EncoderWeights) -> str:
     """The refdet encoder name for the file's width and MLP kind (for checks without a config)."""
     token = weights.state_dict.get("cls_token")
-    dim = int(token.shape[-1]) if token is not None else -1
+    if token is None:
+        raise WeightsError(f"{weights.path}: no cls_token, so not a whole DINOv3 ViT")
     swiglu = any(".mlp.fc1_g." in k for k in weights.state_dict)
-    name = ENCODER_BY_SHAPE.get((dim, swiglu))
+    name = ENCODER_BY_SHAPE.get((int(token.shape[-1]), swiglu))
     if name is None:
-        known = ", ".join(ENCODER_BY_SHAPE.values())
-        raise WeightsError(f"{weights.path}: a ViT of width {dim}{' (SwiGLU)' if swiglu else ''} is none of {known}")
+        kind = f"width {token.shape[-1]}{' (SwiGLU)' if swiglu else ''}"
+        raise WeightsError(f"{weights.path}: a ViT of {kind} is none of {', '.join(ENCODER_BY_SHAPE.values())}")
     return name
 
 
