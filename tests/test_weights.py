@@ -163,6 +163,18 @@ def test_transformers_and_timm_files_give_the_same_encoder(tmp_path: Path) -> No
     assert read_encoder_weights(tmp_path / "timm.safetensors").format == "timm"
 
 
+def test_transformers_key_bias_loads_only_when_zero(tmp_path: Path) -> None:
+    hf = meta_to_hf(meta_state_dict())
+    hf["layer.0.attention.k_proj.bias"] = torch.zeros(32)  # a config with key_bias=True
+    save_file(hf, str(tmp_path / "zero.safetensors"))
+    assert "layer.0.attention.k_proj.bias" in read_encoder_weights(tmp_path / "zero.safetensors").ignored
+    encoder(tmp_path / "zero.safetensors")
+    hf["layer.0.attention.k_proj.bias"] = torch.ones(32)
+    save_file(hf, str(tmp_path / "ones.safetensors"))
+    with pytest.raises(WeightsError, match=r"ones\.safetensors: blocks\.0\.attn: a non-zero key bias"):
+        encoder(tmp_path / "ones.safetensors")
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
@@ -228,6 +240,9 @@ def test_weights_check_reports_what_is_missing(tmp_path: Path, capsys: pytest.Ca
     assert report["missing"] == ["blocks.11.gamma_2"] and report["loaded"] == 185
     line = f"refdet: error: {tmp_path / 'short.pth'}: does not load into {report['variant']} (1 missing)\n"
     assert captured.err == line
+    assert main(["weights", "check", str(tmp_path / "short.pth")]) == 2
+    text = capsys.readouterr().out
+    assert "format: meta" in text and "missing: 1 (blocks.11.gamma_2)" in text
 
 
 def ultralytics_model():
