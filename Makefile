@@ -14,7 +14,7 @@ QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory"
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]' $(QUIET_PIP)
-	# ultralytics only for the key-map test; --no-deps keeps opencv-python (needs libGL) out
+	# ultralytics for the key-map test and `refdet weights convert`; --no-deps keeps opencv-python (needs libGL) out
 	$(PY) -m pip install -q --no-deps ultralytics ultralytics-thop $(QUIET_PIP)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (refdet)" > /dev/null
 	touch $(STAMP)

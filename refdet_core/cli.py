@@ -109,6 +109,32 @@ def cmd_params(args: argparse.Namespace) -> None:
     _emit(param_summary(cfg), args.json, text)
 
 
+def _weights_text(r: dict[str, Any]) -> str:
+    lines = [f"{k}: {r[k]}" for k in ("file", "format", "variant", "loaded")]
+    for key in ("missing", "unexpected", "mismatched", "ignored"):
+        shown = ", ".join(list(r[key])[:5]) + (", ..." if len(r[key]) > 5 else "")
+        lines.append(f"{key}: {len(r[key])}" + (f" ({shown})" if shown else ""))
+    return "\n".join(lines)
+
+
+def cmd_weights_check(args: argparse.Namespace) -> None:
+    from refdet_core.models.weights import WeightsError, check_weights
+
+    report = check_weights(args.file, encoder=args.encoder)
+    _emit(report, args.json, _weights_text)
+    bad = {k: len(report[k]) for k in ("missing", "unexpected", "mismatched") if report[k]}
+    if bad:
+        counts = ", ".join(f"{n} {k}" for k, n in bad.items())
+        raise WeightsError(f"{args.file}: does not load into {report['variant']} ({counts})")
+
+
+def cmd_weights_convert(args: argparse.Namespace) -> None:
+    from refdet_core.models.backbone import convert_ultralytics
+
+    s = convert_ultralytics(args.src, args.out)
+    print(f"wrote {s['out']}: {s['tensors']} tensors, {s['backbone_tensors']} of them the backbone's")
+
+
 # ---------------------------------------------------------------- train / predict / score
 def cmd_train(args: argparse.Namespace) -> None:
     from refdet_core.train.run import train_from_params
@@ -293,6 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--params", help="params YAML")
     c.add_argument("-c", action="append", default=[], metavar="KEY=VALUE", help="config override")
     c.set_defaults(func=cmd_params)
+
+    weights = sub.add_parser("weights", help="check and convert pretrained weight files")
+    w = weights.add_subparsers(dest="weights_command", required=True)
+    c = w.add_parser("check", help="does a DINOv3 file (Meta's .pth, timm's, transformers' model.safetensors) load?")
+    c.add_argument("file", help="weights file, or a transformers model folder")
+    c.add_argument("--encoder", default=None, help="encoder to check against (default: the one of the file's width)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_weights_check)
+    c = w.add_parser("convert", help="Ultralytics yolov8n .pt -> .safetensors that loads without ultralytics")
+    c.add_argument("src", help="Ultralytics checkpoint, e.g. yolov8n.pt (reading it needs ultralytics)")
+    c.add_argument("out", help="output .safetensors")
+    c.set_defaults(func=cmd_weights_convert)
 
     c = sub.add_parser("train", help="train without a notebook (runs under torchrun too)")
     c.add_argument("-p", "--params", required=True)

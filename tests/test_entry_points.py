@@ -22,6 +22,8 @@ COMMANDS = [
     ["profile"],
     ["bench"],
     ["run"],
+    ["weights", "check"],
+    ["weights", "convert"],
 ]
 
 

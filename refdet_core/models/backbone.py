@@ -12,12 +12,18 @@ P3-P5 stay exactly those of yolov8n and an Ultralytics ``yolov8n`` state dict lo
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
+import pickle
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from refdet_core.models.weights import WeightsError, read_tensors, short_reason, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -183,37 +189,68 @@ def map_ultralytics_keys(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     return mapped, skipped
 
 
-def load_ultralytics_state_dict(backbone: YoloBackbone, sd: dict[str, torch.Tensor]) -> list[str]:
+def load_ultralytics_state_dict(
+    backbone: YoloBackbone, sd: dict[str, torch.Tensor], *, source: str = "Ultralytics state dict"
+) -> list[str]:
     """Load an Ultralytics yolov8n ``DetectionModel`` state dict into ``backbone``.
 
-    Every layer of ours that exists in yolov8n must be present with the same shape (else ValueError);
-    the Detect head is skipped and the P2 branch stays as initialised. Returns our keys left untouched.
+    Every layer of ours that exists in yolov8n must be present with the same shape (else WeightsError naming
+    ``source``); the Detect head is skipped and the P2 branch stays as initialised. Returns our keys left untouched.
     """
     mapped, skipped = map_ultralytics_keys(sd)
     own = backbone.state_dict()
     bad = [k for k, v in mapped.items() if k not in own or own[k].shape != v.shape]
     if bad:
-        raise ValueError(f"Ultralytics state dict does not fit this backbone (width/depth?): first bad keys {bad[:3]}")
+        raise WeightsError(f"{source}: does not fit this backbone (width/depth?): first bad keys {bad[:3]}")
     missing = [k for k in own if k not in mapped and not k.startswith("td_p2.")]
     if missing:
-        raise ValueError(f"Ultralytics state dict lacks {len(missing)} backbone keys, e.g. {missing[:3]}")
+        raise WeightsError(f"{source}: lacks {len(missing)} backbone keys of yolov8n, e.g. {missing[:3]}")
     backbone.load_state_dict(mapped, strict=False)
-    log.info("loaded %d Ultralytics tensors (%d skipped: detect head / extras)", len(mapped), len(skipped))
+    log.info("%s: loaded %d tensors (%d skipped: detect head / extras)", source, len(mapped), len(skipped))
     return [k for k in own if k not in mapped]
 
 
-def read_ultralytics_file(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` file or a ``.pt`` (plain state dict, or an Ultralytics checkpoint
-    whose ``model`` entry is a module; unpickling that needs ``ultralytics`` installed)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def read_ultralytics_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file (plain tensors, e.g. from ``convert_ultralytics``) or a ``.pt``:
+    a plain state dict, or an Ultralytics checkpoint whose ``ema`` / ``model`` entry is a pickled module
+    (reading that needs ``ultralytics`` installed; without it, WeightsError says so in one line)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_tensors(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "weights file not found", str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # Ultralytics .pt files hold pickled modules
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "ultralytics":
+            raise
+        raise WeightsError(
+            f"{path}: an Ultralytics checkpoint; reading it needs the optional package ultralytics "
+            f"(pip install ultralytics), or convert it once where that is installed: "
+            f"refdet weights convert {path.name} {path.stem}.safetensors"
+        ) from err
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise WeightsError(f"{path}: not a readable checkpoint ({short_reason(err)})") from err
+    if isinstance(obj, dict):  # Ultralytics writes the module under "ema" (training) or "model" (YOLO.save)
+        module = next((obj[k] for k in ("ema", "model") if isinstance(obj.get(k), nn.Module)), None)
+        if module is not None:
+            return {k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    return unwrap_state_dict(obj, path)
 
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=False)  # Ultralytics .pt files hold pickled modules
-    if isinstance(obj, dict) and "model" in obj and hasattr(obj["model"], "state_dict"):
-        obj = obj["model"].float().state_dict()
-    elif isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state dict or an Ultralytics checkpoint")
-    return obj
+
+def convert_ultralytics(src: str | Path, out: str | Path) -> dict[str, int | str]:
+    """An Ultralytics yolov8n ``.pt`` -> ``out`` (.safetensors) of plain fp32 tensors, keys unchanged, so that it
+    loads without ``ultralytics``. Checked against the backbone first; written atomically."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise WeightsError(f"{out}: the converted file must end in .safetensors")
+    sd = {k: v.detach().contiguous().clone() for k, v in read_ultralytics_file(src).items()}
+    untouched = load_ultralytics_state_dict(YoloBackbone(), sd, source=str(src))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(sd, str(tmp), metadata={"source": Path(src).name, "format": "ultralytics DetectionModel state dict"})
+    os.replace(tmp, out)
+    loaded = len(YoloBackbone().state_dict()) - len(untouched)
+    return {"source": str(src), "out": str(out), "tensors": len(sd), "backbone_tensors": loaded}

@@ -95,7 +95,8 @@ class RefDet(nn.Module):
         )
         self.backbone = YoloBackbone(width=cfg.width, depth=cfg.depth, use_p2=cfg.use_p2)
         if cfg.backbone_weights:
-            load_ultralytics_state_dict(self.backbone, read_ultralytics_file(cfg.backbone_weights))
+            sd = read_ultralytics_file(cfg.backbone_weights)
+            load_ultralytics_state_dict(self.backbone, sd, source=cfg.backbone_weights)
         self.fusion = FUSION[cfg.fusion](in_channels=self.backbone.out_channels, proto_dims=dims)
         self.head = DualHead(
             in_channels=self.fusion.out_channels,

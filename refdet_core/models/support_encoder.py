@@ -18,7 +18,6 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import timm
@@ -26,11 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refdet_core.models.weights import EncoderWeights, encoder_variant, load_encoder_weights, read_encoder_weights
+
 log = logging.getLogger(__name__)
 
-ENCODERS: dict[str, int] = {  # timm name -> native patch size
+ENCODERS: dict[str, int] = {  # timm name -> native patch size; *_qkvb: with the q/v biases of Meta's files
     "vit_small_patch16_dinov3": 16,
+    "vit_small_patch16_dinov3_qkvb": 16,
     "vit_small_plus_patch16_dinov3": 16,
+    "vit_small_plus_patch16_dinov3_qkvb": 16,
     "vit_tiny_patch16_dinov3_qkvb": 16,
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,24 +82,6 @@ class Prototypes:
         return Prototypes([p.detach() for p in self.per_scale])
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` or ``.pth``/``.pt`` file (a state dict, maybe under model/state_dict)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model_ema", "model", "state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors")
-    return obj
-
-
 def cached_weights_path(name: str) -> str | None:
     """Path of the timm weights for ``name`` in the local Hugging Face cache, or None. Never downloads."""
     try:
@@ -117,7 +102,9 @@ class SupportEncoder(nn.Module):
     Args:
         name: timm model name (a key of ``ENCODERS``).
         proto_dims: prototype dim per scale, e.g. (32, 64, 128, 256).
-        weights: local weights file; "" = timm cache when present, else random init (warned).
+        weights: local weights file or transformers model folder, in Meta's, timm's or transformers' layout
+            (see ``models/weights.py``); "" = timm cache when present, else random init (warned). A file with
+            q/v biases makes the encoder ``name``'s ``_qkvb`` variant (``self.variant``) so that they load.
         encoder_kwargs: passed to ``timm.create_model`` (tests shrink the model: depth, embed_dim, ...).
         patch: patch size; differs from the native one -> the patch embedding is resampled.
         trainable_blocks: last blocks that train (0 = encoder frozen; projections always train).
@@ -141,8 +128,11 @@ class SupportEncoder(nn.Module):
         if name not in ENCODERS:
             raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
         kwargs = {"img_size": 256, **(encoder_kwargs or {})}
-        self.model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-        self.pretrained_source = self._load_weights(name, weights, kwargs)
+        path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
+        loaded = read_encoder_weights(path) if path else None
+        self.variant = encoder_variant(name, loaded) if loaded else name  # the timm model that holds the file
+        self.model = timm.create_model(self.variant, pretrained=False, num_classes=0, **kwargs)
+        self.pretrained_source = self._load_weights(loaded)
         if patch != ENCODERS[name]:
             self.model.set_input_size(patch_size=(patch, patch))
         self.patch = patch
@@ -176,22 +166,13 @@ class SupportEncoder(nn.Module):
         if int8:
             self.quantize_frozen()
 
-    def _load_weights(self, name: str, weights: str, kwargs: dict[str, Any]) -> str:
-        """Load local or cached weights; returns the source path or "random"."""
-        path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
-        if not path:
-            log.warning("support encoder %s: no local weights and none in the timm cache; random init", name)
+    def _load_weights(self, loaded: EncoderWeights | None) -> str:
+        """Load every encoder tensor of ``loaded`` (WeightsError otherwise); returns its path or "random"."""
+        if loaded is None:
+            log.warning("support encoder %s: no local weights and none in the timm cache; random init", self.variant)
             return "random"
-        sd = read_state_dict(path)
-        if not any(k.startswith("blocks.") for k in sd):  # original DINOv3 layout -> timm's
-            sd = timm.models.eva.checkpoint_filter_fn(sd, self.model)
-        result = self.model.load_state_dict(sd, strict=False)
-        if result.missing_keys:
-            raise ValueError(f"{path}: {len(result.missing_keys)} encoder keys missing, e.g. {result.missing_keys[:3]}")
-        if result.unexpected_keys:
-            log.info("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
-        log.info("support encoder %s: weights from %s", name, path)
-        return str(path)
+        load_encoder_weights(self.model, loaded, variant=self.variant)
+        return loaded.path
 
     def quantize_frozen(self) -> None:
         """INT8 dynamic quantization of the Linear layers of the frozen blocks (CPU inference of the prefix)."""
