@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--episodes", type=int, default=4, help="measured episodes per repeat")
     c.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; 1 with --inference)")
     c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes (--inference: a 06 file)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--inference", action="store_true", help="whole-video inference per backend instead of training")
     c.add_argument(
         "--backend", action="append", help="with --inference: torch, torch-bf16, onnxruntime, onnxruntime-int8"

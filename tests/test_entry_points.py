@@ -24,6 +24,7 @@ COMMANDS = [
     ["run"],
     ["weights", "check"],
     ["weights", "convert"],
+    ["export"],
 ]
 
 
@@ -51,3 +52,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("refdet: error:") and "nowhere" in err[0]
     assert main(["params", "-c", "fusion=transformer"]) == 2
     assert "'fusion' must be one of psalm, cheaf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["predict"], ["export"], ["bench"]], ids=" ".join)
+def test_every_flag_has_help_text(command, capsys):
+    """Each option of the user-facing commands says what it does (argparse prints nothing for a bare flag)."""
+    from refdet_core.cli import build_parser
+
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command[0]]
+    bare = [a.option_strings for a in sub._actions if a.option_strings and not a.help]
+    assert not bare, f"refdet {command[0]}: options without help: {bare}"

@@ -285,3 +285,31 @@ def test_converted_file_that_does_not_fit_is_refused(tmp_path: Path, capsys: pyt
     assert f"{tmp_path / 'cut.pt'}: lacks" in err and "backbone keys" in err and not out.exists()
     err = one_line_error(capsys, ["weights", "convert", str(tmp_path / "cut.pt"), str(tmp_path / "out.bin")])
     assert "must end in .safetensors" in err
+
+
+def test_checkpoint_of_a_qkvb_encoder_loads_without_its_weights_file(demo_root: Path, tmp_path: Path) -> None:
+    """A run trained from Meta's file (q/v biases: the _qkvb variant) gives a checkpoint that predict and export
+    rebuild as that variant, without the weights file (gone, or on another machine)."""
+    from refdet_core.config import config_from_dict
+    from refdet_core.eval.video import load_predictor
+    from refdet_core.train.checkpoint import model_from_checkpoint
+    from refdet_core.train.run import build_training
+
+    weights = tmp_path / "meta.pth"
+    torch.save(meta_state_dict(), weights)
+    cfg = config_from_dict(
+        {"data_root": str(demo_root), "store_dir": str(tmp_path / "store"), "img_size": 64, "support_size": 32,
+         "encoder": "vit_small_patch16_dinov3", "encoder_weights": str(weights), "encoder_kwargs": TINY,
+         "proto_dims": [8, 8, 16, 16], "width": 0.125, "epochs": 1, "episodes_per_epoch": 1, "bn_recalibrate": 0,
+         "precision": "fp32"},
+        source="test",
+    )  # fmt: skip
+    setup = build_training(cfg, out_dir=tmp_path / "run", progress=False)
+    assert setup.model.support_encoder.variant == "vit_small_patch16_dinov3_qkvb"
+    setup.trainer.fit()
+    weights.unlink()
+    model, _, meta = model_from_checkpoint(tmp_path / "run" / "checkpoint")
+    assert meta["encoder_variant"] == "vit_small_patch16_dinov3_qkvb"
+    trained = setup.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    assert load_predictor(tmp_path / "run" / "checkpoint").model.support_encoder.variant.endswith("_qkvb")

@@ -98,11 +98,9 @@ def _load(ckpt_or_model: str | Path | RefDet, img_size: int | None, support_size
     if isinstance(ckpt_or_model, RefDet):
         assert img_size and support_size, "img_size and support_size are needed when exporting a model object"
         return frozen_copy(ckpt_or_model), img_size, support_size, k_shot or 3
-    from refdet_core.train.checkpoint import load_weights, read_checkpoint
+    from refdet_core.train.checkpoint import model_from_checkpoint
 
-    weights, cfg, meta = read_checkpoint(ckpt_or_model)
-    model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(meta.get("base_classes", [])))
-    load_weights(model, weights, source=str(ckpt_or_model))
+    model, cfg, _ = model_from_checkpoint(ckpt_or_model)
     size = img_size or cfg.data.full_frame_size
     return model.eval(), size, support_size or cfg.data.support_size, k_shot or cfg.data.k_shot
 

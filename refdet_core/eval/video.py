@@ -359,13 +359,9 @@ def load_predictor(
     ``inference.json``, else ``meta.json``), else the PostprocessConfig / ColourCheck defaults and fp32.
     Raises CheckpointError (one line) for a missing or incomplete checkpoint.
     """
-    from refdet_core.models.refdet import RefDet
-    from refdet_core.train.checkpoint import load_weights, read_checkpoint
+    from refdet_core.train.checkpoint import model_from_checkpoint
 
-    weights, cfg, meta = read_checkpoint(ckpt_dir)
-    n_base = cfg.model.num_base_classes or len(meta.get("base_classes", []))
-    model = RefDet(cfg.model, num_base_classes=n_base)
-    load_weights(model, weights, source=str(ckpt_dir))
+    model, cfg, meta = model_from_checkpoint(ckpt_dir)
     saved = inference_settings(ckpt_dir, meta)
     post = PostprocessConfig(**saved["postprocess"]) if post is None else post
     check = ColourCheck(**saved["colour_check"]) if check is None else check

@@ -74,9 +74,10 @@ class RefDet(nn.Module):
     Args:
         cfg: the model section of the config.
         num_base_classes: classes of the standard head (object types); may be 0 in ``prototype`` mode.
+        pretrained: False skips reading ``encoder_weights`` / ``backbone_weights`` (a checkpoint loads after).
     """
 
-    def __init__(self, cfg: ModelConfig, *, num_base_classes: int) -> None:
+    def __init__(self, cfg: ModelConfig, *, num_base_classes: int, pretrained: bool = True) -> None:
         super().__init__()
         validate_model_names(cfg)
         if cfg.head_mode != "prototype" and num_base_classes < 1:
@@ -92,9 +93,10 @@ class RefDet(nn.Module):
             trainable_blocks=cfg.trainable_blocks,
             int8=cfg.int8_encoder,
             colour_bins=cfg.colour_bins,
+            pretrained=pretrained,
         )
         self.backbone = YoloBackbone(width=cfg.width, depth=cfg.depth, use_p2=cfg.use_p2)
-        if cfg.backbone_weights:
+        if cfg.backbone_weights and pretrained:
             sd = read_ultralytics_file(cfg.backbone_weights)
             load_ultralytics_state_dict(self.backbone, sd, source=cfg.backbone_weights)
         self.fusion = FUSION[cfg.fusion](in_channels=self.backbone.out_channels, proto_dims=dims)

@@ -110,6 +110,7 @@ class SupportEncoder(nn.Module):
         trainable_blocks: last blocks that train (0 = encoder frozen; projections always train).
         int8: INT8 dynamic quantization of the frozen blocks' Linear layers (CPU only).
         colour_bins: bins per channel of the colour histogram cue (0 = off; needs bins**3 <= embed dim).
+        pretrained: False builds the architecture only (``weights`` is not read): a checkpoint loads after.
     """
 
     def __init__(
@@ -123,16 +124,18 @@ class SupportEncoder(nn.Module):
         trainable_blocks: int = 0,
         int8: bool = False,
         colour_bins: int = 0,
+        pretrained: bool = True,
     ) -> None:
         super().__init__()
         if name not in ENCODERS:
             raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
         kwargs = {"img_size": 256, **(encoder_kwargs or {})}
         path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
-        loaded = read_encoder_weights(path) if path else None
+        loaded = read_encoder_weights(path) if path and pretrained else None
         self.variant = encoder_variant(name, loaded) if loaded else name  # the timm model that holds the file
         self.model = timm.create_model(self.variant, pretrained=False, num_classes=0, **kwargs)
-        self.pretrained_source = self._load_weights(loaded)
+        # pretrained=False: the weights come from elsewhere (a checkpoint), so nothing is read and nothing warned
+        self.pretrained_source = self._load_weights(loaded) if pretrained else "not loaded"
         if patch != ENCODERS[name]:
             self.model.set_input_size(patch_size=(patch, patch))
         self.patch = patch

@@ -121,3 +121,22 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: 
         raise CheckpointError(
             f"{source}: weights do not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
         )
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[Any, RefDetConfig, dict[str, Any]]:
+    """(RefDet with the checkpoint's weights, config, meta) of a checkpoint folder.
+
+    The model is built as the encoder variant it trained as (``meta["encoder_variant"]``: a file with q/v biases
+    makes the ``_qkvb`` variant) without reading ``encoder_weights`` / ``backbone_weights`` again: the checkpoint
+    holds every weight, and those files need not exist where the checkpoint is used.
+    """
+    from dataclasses import replace
+
+    from refdet_core.models.refdet import RefDet
+
+    weights, cfg, meta = read_checkpoint(path)
+    model_cfg = replace(cfg.model, encoder=meta.get("encoder_variant") or cfg.model.encoder)
+    n_base = cfg.model.num_base_classes or len(meta.get("base_classes", []))
+    model = RefDet(model_cfg, num_base_classes=n_base, pretrained=False)
+    load_weights(model, weights, source=str(path))
+    return model, cfg, meta

@@ -144,6 +144,7 @@ def build_training(
         "train_videos": train_ids,
         "val_videos": val_ids,
         "encoder_weights": getattr(model.support_encoder, "pretrained_source", "unknown"),
+        "encoder_variant": getattr(model.support_encoder, "variant", cfg.model.encoder),
         "world_size": world_size,
     }
     trainer = Trainer(

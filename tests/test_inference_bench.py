@@ -1,0 +1,49 @@
+"""`refdet bench --inference`: the same checkpoint over the same videos per backend, with the accuracy guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from refdet_core.cli import main  # noqa: E402
+from refdet_core.config import config_from_dict  # noqa: E402
+from refdet_core.models.refdet import RefDet  # noqa: E402
+from refdet_core.train.checkpoint import save_checkpoint  # noqa: E402
+
+TINY = {"img_size": 64, "support_size": 32, "encoder_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2,
+        "img_size": 32}, "width": 0.125, "proto_dims": [8, 16, 24, 32], "head_mode": "prototype"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = config_from_dict(TINY, source="test")
+    torch.manual_seed(0)
+    model = RefDet(cfg.model, num_base_classes=0)
+    return save_checkpoint(tmp_path_factory.mktemp("ck") / "ckpt", model=model, cfg=cfg, meta={"base_classes": []})
+
+
+def test_inference_bench_reports_every_backend(ckpt: Path, demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "--inference", "--ckpt", str(ckpt), "--data", str(demo_root), "--backend", "onnxruntime",
+            "--batch", "4", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["backends"]) == {"torch", "onnxruntime"}
+    assert report["frame_size"] == 64 and report["frames"] > 0 and report["decode_ms_per_frame"] > 0
+    for row in report["backends"].values():
+        assert row["frames_per_s"] > 0 and row["rss_peak_mb"] > 0
+        assert {"model", "candidates", "post"} <= set(row["ms_per_frame"])
+    guard = report["backends"]["onnxruntime"]["st_iou_diff_vs_torch_fp32"]
+    assert abs(guard) <= 0.01, "the exported graphs must give torch's tracks"
+    assert report["backends"]["torch"]["st_iou_diff_vs_torch_fp32"] == 0.0
+
+
+def test_unknown_backend_is_one_line(ckpt: Path, demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "--inference", "--ckpt", str(ckpt), "--data", str(demo_root), "--backend", "tensorrt"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown backend 'tensorrt'" in err[0]
