@@ -51,8 +51,9 @@ def ddp_run(demo_root, tmp_path_factory):
     params = tmp / "p.yaml"
     params.write_text(yaml.safe_dump(cfg))
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "refdet_core.cli", "train", "-p", str(params), "-o", str(out)]  # fmt: skip
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    train = ["-m", "refdet_core.cli", "train", "-p", str(params), "-o", str(out)]
+    cmd = [sys.executable, *launch, "--master_port", str(_free_port()), *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
