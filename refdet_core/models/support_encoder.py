@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refdet_core.logs import warn_once
+
 log = logging.getLogger(__name__)
 
 ENCODERS: dict[str, int] = {  # timm name -> native patch size
@@ -180,7 +182,7 @@ class SupportEncoder(nn.Module):
         """Load local or cached weights; returns the source path or "random"."""
         path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
         if not path:
-            log.warning("support encoder %s: no local weights and none in the timm cache; random init", name)
+            warn_once(log, "support encoder %s: no local weights and none in the timm cache; random init", name)
             return "random"
         sd = read_state_dict(path)
         if not any(k.startswith("blocks.") for k in sd):  # original DINOv3 layout -> timm's
