@@ -70,7 +70,7 @@ class OptionPanel(W.VBox):
             description="Bench the ticked options against seed",
             button_style="primary",
             icon="play",
-            layout=W.Layout(width="auto"),
+            layout=W.Layout(width="auto", flex="0 0 auto"),  # a long status line must not squeeze the label
         )
         self.status = W.HTML("Tick options, then run the bench.")
         self.out = W.Output()

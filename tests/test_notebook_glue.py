@@ -140,3 +140,24 @@ def test_panel_with_nothing_ticked_runs_nothing(monkeypatch):
     panel = option_panel(list(registry.OPTIONS.values()), [], lambda names: ran.append(names) or (None, ""))
     panel.button.click()
     assert ran == [] and "tick at least one" in panel.status.value
+
+
+def test_training_monitor_moves_every_step_and_redraws_the_plot():
+    import pandas as pd
+
+    from refdet_core.widgets import training_monitor
+
+    monitor = training_monitor(40)  # the plot is due every 2 steps
+    history = pd.DataFrame({"step": [1, 2, 3], "loss": [3.0, 2.0, 1.0], "lr": [1e-3] * 3})
+    asked = []
+    monitor.update(1, {"epoch": 0, "loss": 3.0}, lambda: asked.append(1) or history.iloc[:1])
+    assert monitor.bar.value == 1 and asked == [], "the plot waits for plot_every steps"
+    monitor.update(3, {"epoch": 1, "loss": 1.0}, lambda: asked.append(3) or history)
+    assert monitor.bar.value == 3 and asked == [3]
+    assert (
+        "3 / 40 steps" in monitor.status.value
+        and "epoch 2" in monitor.status.value
+        and "loss 1.000" in monitor.status.value
+    )
+    monitor.finish(3, "exited with 1")
+    assert monitor.bar.bar_style == "danger" and "exited with 1" in monitor.status.value

@@ -29,6 +29,7 @@ def test_notebook_committed_without_outputs(name):
     for cell in code:
         assert cell.outputs == [], f"{name}: a cell has outputs; strip them before committing"
         assert cell.execution_count is None, f"{name}: a cell has an execution count"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state; strip it before committing"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name}: needs exactly one cell tagged 'parameters'"
 
@@ -101,3 +102,23 @@ def test_smoke_06_metrics(smoke_run):
     assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["videos"])
     assert m["colour_check"]["enabled"] is True and m["frames_per_s"] > 0
     assert (out / "06_validate" / "submission.json").is_file()
+
+
+@pytest.mark.slow
+def test_notebook_runs_from_the_notebooks_folder(tmp_path):
+    """JupyterLab's kernels start in notebooks/: the params' relative paths still mean the project root."""
+    params = yaml.safe_load((ROOT / "params" / "smoke" / "01_data_cache.yaml").read_text())
+    assert not Path(params["data_root"]).is_absolute()
+    papermill.execute_notebook(
+        str(NB_DIR / "01_data_cache.ipynb"),
+        str(tmp_path / "01_data_cache.ipynb"),
+        parameters={**params, "run_dir": str(tmp_path)},
+        kernel_name="python3",
+        cwd=str(NB_DIR),
+        progress_bar=False,
+    )
+    written = yaml.safe_load((tmp_path / "01_data_cache" / "params.yaml").read_text())
+    assert written["data_root"] == str(ROOT / params["data_root"])
+    assert written["interactive"] is False, "papermill's kernel is not a live one"
+    assert json.loads((tmp_path / "01_data_cache" / "metrics.json").read_text())["videos"] == 4
+    assert not (NB_DIR / "data").exists() and not (NB_DIR / "outputs").exists()
