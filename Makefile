@@ -46,7 +46,7 @@ lab: $(STAMP)
 
 # not part of `make test`: a real browser (Debian's chromium, installed when missing) against `jupyter lab`
 test-browser: $(STAMP)
-	$(PY) -m pip install -q -e '.[browser]' $(QUIET_PIP)
+	$(PY) -c "import selenium" 2> /dev/null || $(PY) -m pip install -q -e '.[browser]' $(QUIET_PIP)
 	$(PY) tests/browser/check_lab.py --out outputs/browser
 
 lint: $(STAMP)

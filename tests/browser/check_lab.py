@@ -246,8 +246,9 @@ def reload_keeps_widgets(browser, notebook: Path, out: Path) -> None:
     browser.refresh()
     wait_for(browser, f"return {KERNEL} && {KERNEL}.status === 'idle'", "the reloaded notebook", 180)
     wait_for(browser, "return document.querySelectorAll('.widget-checkbox').length", "the panel after a reload", 60)
-    text = browser.execute_script("return document.body.innerText")
-    check("Error displaying widget" not in text, "the panel renders after a page reload")
+    settled = "const t = document.body.innerText; return !/Loading widget|Error displaying widget/.test(t);"
+    wait_for(browser, settled, "every widget (panel and progress bars) to render after a page reload", 60)
+    check(True, "the panel and the progress bars render after a page reload")
     button = browser.execute_script(BUTTON_JS)
     shot(browser, out, "05_after_reload.png", button)
 
