@@ -18,6 +18,7 @@ import json
 import logging
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -155,7 +156,8 @@ class _CellOutput(logging.StreamHandler):
 
 
 def show_logs_in_cells(level: int = logging.WARNING) -> None:
-    """In a kernel, show the package's log records at ``level`` and above once each, as plain cell output."""
+    """In a kernel, show the package's log records at ``level`` and above as plain cell output (not red stderr);
+    ``logs.warn_once`` keeps warnings that every model built repeats to one line per process."""
     log = logging.getLogger("refdet_core")
     if "ipykernel" not in sys.modules or any(isinstance(h, _CellOutput) for h in log.handlers):
         return
@@ -181,7 +183,7 @@ def _resolved_params(notebook: str, namespace: dict[str, Any]) -> dict[str, Any]
     return params
 
 
-def check_inputs(notebook: str, params: dict[str, Any], needs: tuple[tuple[str, ...], ...] = ()) -> None:
+def check_inputs(notebook: str, params: dict[str, Any], needs: Sequence[tuple[str, ...]] = ()) -> None:
     """The files and folders the notebook reads exist; raises ConfigError naming the key and the path."""
     where = f"parameters of {notebook}"
     root = params.get("data_root")
@@ -199,7 +201,7 @@ def check_inputs(notebook: str, params: dict[str, Any], needs: tuple[tuple[str, 
             raise ConfigError(f"{where}: {path} is missing (run {parts[0]} first with the same run_dir)")
 
 
-def start_run(notebook: str, namespace: dict[str, Any], *, needs: tuple[tuple[str, ...], ...] = ()) -> NotebookRun:
+def start_run(notebook: str, namespace: dict[str, Any], *, needs: Sequence[tuple[str, ...]] = ()) -> NotebookRun:
     """Collect the notebook's parameters from ``namespace``, build the config, create the run folder.
 
     Path parameters are resolved against the project root and auto switches decided, and both are written

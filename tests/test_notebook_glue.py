@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _namespace(notebook_name: str, **values):
     """The parameters cell's defaults, as the notebook's globals hold them, with ``values`` on top."""
     declared = papermill.inspect_notebook(str(ROOT / "notebooks" / f"{notebook_name}.ipynb"))
-    ns = {name: eval(p["default"]) for name, p in declared.items()}  # the cell's own literals
+    ns = {name: ast.literal_eval(p["default"]) for name, p in declared.items()}  # the cell's literals
     return {**ns, **values}
 
 
