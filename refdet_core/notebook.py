@@ -4,6 +4,12 @@ A notebook's second cell is ``run = start_run("05_train_stage2", globals())``: i
 the parameters cell (the names papermill sees), builds the typed config from the keys that are config
 fields, and creates ``<run_dir>/<notebook>/`` holding the resolved params and config. Results go
 through ``run.save_metrics`` / ``run.save_figure`` / ``run.save_table`` so tests can read them.
+
+Relative paths in the parameters (``data_root``, ``run_dir``, ...) mean the project root, whatever the kernel's
+working directory (JupyterLab starts kernels in ``notebooks/``, papermill and ``refdet run`` at the root);
+``start_run`` resolves them, writes the resolved values back into the notebook's namespace, and checks the
+inputs before it creates anything. Switches left at ``None`` (``interactive``, ``live_plot``) mean "on in a
+live kernel, off under papermill".
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -18,10 +26,23 @@ from typing import Any
 
 import yaml
 
-from refdet_core.config import FLAT_KEYS, RefDetConfig, atomic_write_json, atomic_write_text, config_from_dict
+from refdet_core.config import (
+    FLAT_KEYS,
+    ConfigError,
+    RefDetConfig,
+    atomic_write_json,
+    atomic_write_text,
+    config_from_dict,
+)
 from refdet_core.runner import project_root
 
 logger = logging.getLogger(__name__)
+
+# parameters naming a file or folder; relative values are relative to the project root
+PATH_PARAMS = ("run_dir", "data_root", "store_dir", "fast_params", "encoder_weights", "backbone_weights")
+FILE_PARAMS = ("fast_params", "encoder_weights", "backbone_weights")
+# switches whose ``None`` means "on in a live kernel"
+AUTO_SWITCHES = ("interactive", "live_plot")
 
 
 def versions(
@@ -93,14 +114,106 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def start_run(notebook: str, namespace: dict[str, Any]) -> NotebookRun:
-    """Collect the notebook's parameters from ``namespace``, build the config, create the run folder."""
+def resolve_path(value: str, root: Path) -> str:
+    """``value`` relative to ``root`` (absolute and empty values unchanged, ``~`` expanded)."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else root / path)
+
+
+def live_kernel() -> bool:
+    """True in a kernel driven by a person's front end (JupyterLab, Notebook, VS Code), False under papermill.
+
+    Front ends that a person uses answer ``input()``, so their execute requests allow stdin; papermill's
+    (nbclient's) never do. Outside any kernel (a script, pytest) this is False.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return False
+    parent = kernel.get_parent() if hasattr(kernel, "get_parent") else {}
+    return bool((parent or {}).get("content", {}).get("allow_stdin", False))
+
+
+class _CellOutput(logging.StreamHandler):
+    """Writes to the current ``sys.stdout``: in a notebook, plain text under the running cell (stderr is red)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def show_logs_in_cells(level: int = logging.WARNING) -> None:
+    """In a kernel, show the package's log records at ``level`` and above as plain cell output (not red stderr);
+    ``logs.warn_once`` keeps warnings that every model built repeats to one line per process."""
+    log = logging.getLogger("refdet_core")
+    if "ipykernel" not in sys.modules or any(isinstance(h, _CellOutput) for h in log.handlers):
+        return
+    handler = _CellOutput()
+    handler.setLevel(level)
+    log.addHandler(handler)
+
+
+def _resolved_params(notebook: str, namespace: dict[str, Any]) -> dict[str, Any]:
     names = declared_params(notebook)
     missing = [n for n in names if n not in namespace]
     assert not missing, f"parameters cell of {notebook} did not define {missing}"
     params = {n: namespace[n] for n in names}
+    root = project_root()
+    for key in PATH_PARAMS:
+        if isinstance(params.get(key), str):
+            params[key] = resolve_path(params[key], root)
+    if "run_dir" in params:
+        params["run_dir"] = params["run_dir"] or str(root / "outputs" / "interactive")
+    for key in AUTO_SWITCHES:
+        if key in params and params[key] is None:
+            params[key] = live_kernel()
+    return params
+
+
+def check_inputs(notebook: str, params: dict[str, Any], needs: Sequence[tuple[str, ...]] = ()) -> None:
+    """The files and folders the notebook reads exist; raises ConfigError naming the key and the path."""
+    where = f"parameters of {notebook}"
+    root = params.get("data_root")
+    if root and not params.get("demo_if_missing") and not Path(root, "samples").is_dir():
+        raise ConfigError(
+            f"{where}: key 'data_root': {root} has no samples/ folder "
+            "(run 01_data_cache first, or point data_root at a folder in the challenge layout)"
+        )
+    for key in FILE_PARAMS:
+        if params.get(key) and not Path(params[key]).is_file():
+            raise ConfigError(f"{where}: key '{key}': no such file {params[key]}")
+    for parts in needs:
+        path = Path(params["run_dir"], *parts)
+        if not path.exists():
+            raise ConfigError(f"{where}: {path} is missing (run {parts[0]} first with the same run_dir)")
+
+
+def start_run(notebook: str, namespace: dict[str, Any], *, needs: Sequence[tuple[str, ...]] = ()) -> NotebookRun:
+    """Collect the notebook's parameters from ``namespace``, build the config, create the run folder.
+
+    Path parameters are resolved against the project root and auto switches decided, and both are written
+    back into ``namespace``; ``needs`` are paths under ``run_dir`` an earlier notebook wrote (e.g.
+    ``("05_train_stage2", "checkpoint")``). Nothing is created before these inputs are checked.
+    """
+    show_logs_in_cells()
+    params = _resolved_params(notebook, namespace)
     cfg = config_from_dict({k: v for k, v in params.items() if k in FLAT_KEYS}, source=f"parameters of {notebook}")
-    out = Path(params.get("run_dir") or "outputs/interactive") / notebook
+    check_inputs(notebook, params, needs)
+    namespace.update(params)
+    out = Path(params["run_dir"]) / notebook
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     cfg.save(out / "config.yaml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 sns.set_theme(style="whitegrid", context="notebook")
 PALETTE = sns.color_palette("deep")
@@ -86,6 +88,8 @@ def bar_chart(
     a.set(ylabel=ylabel, title=title)
     if log:
         a.set_yscale("log")
+    else:
+        a.set_ylim(top=max([*values.values(), 0]) * 1.12 or None)  # room for the value labels
     a.tick_params(axis="x", rotation=15)
     return fig
 
@@ -99,6 +103,8 @@ def line_chart(
         if y in df:
             a.plot(df[x], df[y], marker="o" if len(df) < 30 else None, label=y, color=PALETTE[i % len(PALETTE)])
     a.set(xlabel=x, ylabel=ylabel, title=title)
+    if x in df and pd.api.types.is_integer_dtype(df[x]):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps: no fractional ticks
     if logy:
         a.set_yscale("log")
     a.legend()
@@ -115,9 +121,11 @@ def param_breakdown(table: pd.DataFrame, *, reference: Mapping[str, float] | Non
     frozen = table.loc[mods, "frozen"] / 1e6
     a = ax[0, 0]
     a.bar(x - 0.2, trainable, 0.4, label="trainable", color=PALETTE[0])
-    a.bar(x - 0.2, frozen, 0.4, bottom=trainable, label="frozen", color=PALETTE[7])
+    ours = a.bar(x - 0.2, frozen, 0.4, bottom=trainable, label="frozen", color=PALETTE[7])
+    a.bar_label(ours, labels=[f"{t:.2f}" for t in trainable + frozen], fontsize=8)
     if reference:
-        a.bar(x + 0.2, [reference.get(m, 0) / 1e6 for m in mods], 0.4, label="original", color=PALETTE[1])
+        seed = a.bar(x + 0.2, [reference.get(m, 0) / 1e6 for m in mods], 0.4, label="original", color=PALETTE[1])
+        a.bar_label(seed, fmt="%.2f", fontsize=8)
     a.set_xticks(x, mods, rotation=15)
     a.set(ylabel="parameters (M)", title=title or "parameters per module")
     a.legend()
@@ -137,8 +145,11 @@ def stacked_breakdown(df: pd.DataFrame, *, title: str, unit: str = "ms") -> Figu
     """``df``: rows = presets/settings, columns = components (ms); one stacked bar per row."""
     fig, ax = _fig(8, 0.9 * len(df) + 2)
     left = np.zeros(len(df))
+    width = float(df.sum(axis=1).max()) if len(df) else 0.0
     for i, col in enumerate(df.columns):
-        ax[0, 0].barh(df.index, df[col], left=left, label=col, color=sns.color_palette("tab20")[i % 20])
+        bars = ax[0, 0].barh(df.index, df[col], left=left, label=col, color=sns.color_palette("tab20")[i % 20])
+        shown = [f"{v:.0f}" if v >= 0.08 * width else "" for v in df[col]]  # only segments wide enough for text
+        ax[0, 0].bar_label(bars, labels=shown, label_type="center", fontsize=7)
         left += df[col].to_numpy()
     for y, total in enumerate(left):
         ax[0, 0].annotate(f"{total:.0f} {unit}", (total, y), va="center", ha="left", fontsize=9)
@@ -149,6 +160,16 @@ def stacked_breakdown(df: pd.DataFrame, *, title: str, unit: str = "ms") -> Figu
 
 def speedup_chart(speedups: Mapping[str, float], *, title: str = "training episodes/s relative to seed") -> Figure:
     return bar_chart(speedups, ylabel="x seed", title=title, annotate="{:.1f}x")
+
+
+def chosen_vs_seed(speedups: Mapping[str, float], options: Sequence[str], *, title: str) -> Figure:
+    """Two bars (``seed``, ``chosen``) with the chosen options written under the axes, wrapped."""
+    fig = bar_chart(speedups, ylabel="x seed", title=title, annotate="{:.2f}x")
+    a = fig.axes[0]
+    a.tick_params(axis="x", rotation=0)
+    note = textwrap.fill("chosen = seed + " + ", ".join(options), width=90)
+    a.text(0.0, -0.14, note, transform=a.transAxes, ha="left", va="top", fontsize=8, color="0.3")
+    return fig
 
 
 # ---------------------------------------------------------------- training (05)
@@ -179,10 +200,11 @@ def st_iou_bars(series: Mapping[str, Mapping[str, float]]) -> Figure:
     for i, (name, scores) in enumerate(series.items()):
         offset = (i - (len(series) - 1) / 2) * width
         colour = PALETTE[7] if name == "template matching" else PALETTE[i]
-        ax[0, 0].bar(x + offset, [scores.get(v, 0) for v in vids], width, label=name, color=colour)
+        bars = ax[0, 0].bar(x + offset, [scores.get(v, 0) for v in vids], width, label=name, color=colour)
+        ax[0, 0].bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax[0, 0].set_xticks(x, vids, rotation=15)
-    ax[0, 0].set(ylabel="ST-IoU", ylim=(0, 1), title="ST-IoU per validation video")
-    ax[0, 0].legend()
+    ax[0, 0].set(ylabel="ST-IoU", ylim=(0, 1.1), title="ST-IoU per validation video")
+    ax[0, 0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
 
@@ -205,5 +227,5 @@ def timeline(
     for t in thresholds:
         a.axhline(t, color="grey", ls="--", lw=0.8)
     a.set(xlim=(0, frames), ylim=(0, 1.22), xlabel="frame", ylabel="score", title=title)
-    a.legend(loc="upper right", fontsize=7, ncol=3)
+    a.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)  # outside: the rows stay readable
     return fig

@@ -162,11 +162,17 @@ def test_encoder_loads_local_checkpoint(tmp_path, suffix: str) -> None:
         SupportEncoder(encoder_kwargs=TINY_ENCODER, proto_dims=(8,), weights=str(tmp_path / "nope.pth"))
 
 
-def test_random_init_is_warned_and_recorded(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        enc = SupportEncoder(encoder_kwargs=TINY_ENCODER, proto_dims=(8,))
-    assert enc.pretrained_source == "random"
-    assert "random init" in caplog.text
+def test_random_init_is_warned_once_and_recorded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from refdet_core import logs
+
+    monkeypatch.setattr(logs, "_seen", set())  # as in a fresh process
+    with caplog.at_level(logging.DEBUG, logger="refdet_core"):
+        encoders = [SupportEncoder(encoder_kwargs=TINY_ENCODER, proto_dims=(8,)) for _ in range(3)]
+    assert all(enc.pretrained_source == "random" for enc in encoders)
+    said = [r for r in caplog.records if "random init" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.DEBUG, logging.DEBUG], "warned once per process"
 
 
 def test_frozen_prefix_plus_trainable_equals_full_encoder() -> None:

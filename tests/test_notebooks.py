@@ -29,6 +29,7 @@ def test_notebook_committed_without_outputs(name):
     for cell in code:
         assert cell.outputs == [], f"{name}: a cell has outputs; strip them before committing"
         assert cell.execution_count is None, f"{name}: a cell has an execution count"
+    assert "widgets" not in nb.metadata, f"{name}: saved widget state; strip it before committing"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{name}: needs exactly one cell tagged 'parameters'"
 
@@ -126,3 +127,23 @@ def test_predict_applies_the_settings_06_chose(smoke_run, tmp_path, capsys):
     scores = st_iou({v: gt.get(v, {}) for v in metrics["videos"]}, {v: pred.get(v, {}) for v in metrics["videos"]})
     for vid, value in metrics["st_iou"].items():
         assert scores["videos"][vid] == pytest.approx(value, abs=1e-6), vid
+
+
+@pytest.mark.slow
+def test_notebook_runs_from_the_notebooks_folder(tmp_path):
+    """JupyterLab's kernels start in notebooks/: the params' relative paths still mean the project root."""
+    params = yaml.safe_load((ROOT / "params" / "smoke" / "01_data_cache.yaml").read_text())
+    assert not Path(params["data_root"]).is_absolute()
+    papermill.execute_notebook(
+        str(NB_DIR / "01_data_cache.ipynb"),
+        str(tmp_path / "01_data_cache.ipynb"),
+        parameters={**params, "run_dir": str(tmp_path)},
+        kernel_name="python3",
+        cwd=str(NB_DIR),
+        progress_bar=False,
+    )
+    written = yaml.safe_load((tmp_path / "01_data_cache" / "params.yaml").read_text())
+    assert written["data_root"] == str(ROOT / params["data_root"])
+    assert written["interactive"] is False, "papermill's kernel is not a live one"
+    assert json.loads((tmp_path / "01_data_cache" / "metrics.json").read_text())["videos"] == 4
+    assert not (NB_DIR / "data").exists() and not (NB_DIR / "outputs").exists()

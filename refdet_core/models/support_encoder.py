@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refdet_core.logs import warn_once
 from refdet_core.models.weights import EncoderWeights, encoder_variant, load_encoder_weights, read_encoder_weights
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class SupportEncoder(nn.Module):
     def _load_weights(self, loaded: EncoderWeights | None) -> str:
         """Load every encoder tensor of ``loaded`` (WeightsError otherwise); returns its path or "random"."""
         if loaded is None:
-            log.warning("support encoder %s: no local weights and none in the timm cache; random init", self.variant)
+            warn_once(log, "support encoder %s: no local weights and none in the timm cache; random init", self.variant)
             return "random"
         load_encoder_weights(self.model, loaded, variant=self.variant)
         return loaded.path

@@ -126,7 +126,8 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
 
 def _build(names: list[str], base: RefDetConfig, warmup: int) -> dict[str, dict[str, Any]]:
     built = {}
-    for name in tqdm(names, desc="build + warm-up", leave=False):
+    # bars stay when done (no leave=False): a closed notebook bar shows "Loading widget..." after a page reload
+    for name in tqdm(names, desc="build + warm-up"):
         cfg = entry_config(name, base)
         setup = build_setup(cfg)
         prefill = prefill_support_cache(setup)
@@ -208,7 +209,7 @@ def run_bench(
     base = base_config(params)
     load_before = os.getloadavg()
     built = _build(names, base, warmup)
-    for r in tqdm(range(repeats), desc="bench rounds", leave=False):
+    for r in tqdm(range(repeats), desc="bench rounds"):
         for entry in built.values():
             entry["times"].append(run_round(entry["setup"], episodes, epoch=r + 1))
     report = {name: _entry_report(name, entry, episodes) for name, entry in built.items()}

@@ -192,9 +192,16 @@ def _gather(value: Any, world_size: int) -> list[Any]:
 
 
 def train_from_params(
-    params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
+    params: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """``refdet train``: train from a params YAML; under torchrun each rank runs this."""
+    """``refdet train``: train from a params YAML; under torchrun each rank runs this.
+
+    ``callbacks`` (event -> functions) are added to the trainer of every rank before training starts.
+    """
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
     if world_size > 1:
@@ -208,6 +215,9 @@ def train_from_params(
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")
+        for event, fns in (callbacks or {}).items():
+            for fn in fns:
+                setup.trainer.add_callback(event, fn)
         if resume:
             setup.trainer.resume(resume)
         history = setup.trainer.fit()
