@@ -7,7 +7,6 @@ Set ``REFDET_DEBUG=1`` to get the traceback instead of the one-line error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -16,9 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# user-facing errors: (module, class name); imported lazily so that `refdet --help` stays fast
+# user-facing errors: (module, class name). An error can only come from a module that is loaded, so the handler
+# looks them up in sys.modules and never imports anything: the error path stays as fast as the failing command
 USER_ERRORS = (
     ("refdet_core.config", "ConfigError"),
+    ("refdet_core.destination", "DestinationError"),
     ("refdet_core.data.layout", "LayoutError"),
     ("refdet_core.data.demo", "DemoError"),
     ("refdet_core.data.frames", "VideoError"),
@@ -33,13 +34,36 @@ USER_ERRORS = (
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError]
+    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, IsADirectoryError]
     for module, name in USER_ERRORS:
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
+        error = getattr(sys.modules.get(module), name, None)
+        if error is not None:
+            types.append(error)
     return tuple(types)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other bad input (usage stays under ``--help``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"refdet: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _quiet_video_logs() -> None:
+    """OpenCV and FFmpeg write their own lines on stderr for a corrupt video; the one-line error says it."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
@@ -84,7 +108,7 @@ def cmd_cache_build(args: argparse.Namespace) -> None:
 
     overrides = dict(parse_override(c) for c in args.c)
     cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
-    stats = build_store(args.root, args.out, cfg)
+    stats = build_store(args.root, args.out, cfg, force=args.force)
     _emit(stats, args.json, lambda s: "\n".join(f"{k}: {v}" for k, v in s.items()))
 
 
@@ -109,7 +133,7 @@ def cmd_params(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from refdet_core.train.run import train_from_params
 
-    result = train_from_params(args.params, out_dir=args.out, resume=args.resume)
+    result = train_from_params(args.params, out_dir=args.out, resume=args.resume, force=args.force)
     if result is not None:
         print(json.dumps(result, default=float))
 
@@ -117,7 +141,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from refdet_core.eval.video import predict_to_submission
 
-    summary = predict_to_submission(args.data, args.ckpt, args.out)
+    summary = predict_to_submission(args.data, args.ckpt, args.out, partial=args.allow_truncated, force=args.force)
     print(json.dumps(summary, default=float))
 
 
@@ -129,7 +153,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         rows.append(["mean", f"{s['mean_st_iou']:.4f}"])
         return _table(rows, ["video", "st_iou"])
 
-    _emit(score_files(args.gt, args.pred), args.json, text)
+    _emit(score_files(args.gt, args.pred, allow_missing=args.allow_missing), args.json, text)
 
 
 # ---------------------------------------------------------------- speed
@@ -181,7 +205,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
+    p = _Parser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -204,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("-p", "--params", help="params YAML (img_size, store_bg_share, store_format ...)")
     c.add_argument("-c", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    c.add_argument("--force", action="store_true", help="replace DIR even when it holds something else")
     c.set_defaults(func=cmd_cache_build)
 
     c = sub.add_parser("params", help="parameter breakdown per module")
@@ -216,24 +241,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--params", required=True)
     c.add_argument("-o", "--out", default=None)
     c.add_argument("--resume", default=None, metavar="CKPT")
+    c.add_argument("--force", action="store_true", help="write into DIR even when it holds files of no run")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser("predict", help="whole-video inference -> challenge submission")
     c.add_argument("--data", required=True)
     c.add_argument("--ckpt", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="a video that stops decoding early is a warning (the frames decoded are covered), not an error",
+    )
+    c.add_argument("--force", action="store_true", help="replace --out even when it is not a submission")
     c.set_defaults(func=cmd_predict)
 
     c = sub.add_parser("score", help="ST-IoU of a submission against annotations")
     c.add_argument("--gt", required=True)
     c.add_argument("--pred", required=True)
+    c.add_argument("--allow-missing", action="store_true", help="score videos missing from --pred as empty (a warning)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_score)
 
     c = sub.add_parser("profile", help="per-component timing of a full training step")
     c.add_argument("-p", "--params", required=True)
     c.add_argument("--json", action="store_true")
-    c.add_argument("--steps", type=int, default=5)
+    c.add_argument("--steps", type=_positive, default=5)
     c.add_argument("--warmup", type=int, default=2)
     c.add_argument("--trace", default=None, help="write a torch.profiler trace to this file")
     c.set_defaults(func=cmd_profile)
@@ -241,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("bench", help="side-by-side training throughput of presets and options")
     c.add_argument("--preset", action="append", help="seed, fast, ... (repeatable)")
     c.add_argument("--option", action="append", help="registry option on top of seed (repeatable)")
-    c.add_argument("--episodes", type=int, default=4, help="measured episodes per repeat")
-    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--episodes", type=_positive, default=4, help="measured episodes per repeat")
+    c.add_argument("--repeats", type=_positive, default=3)
     c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_bench)
@@ -257,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_video_logs()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if os.environ.get("REFDET_DEBUG"):
         args.func(args)
@@ -268,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except _user_error_types() as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, (FileNotFoundError, NotADirectoryError)) and getattr(err, "filename", None):
+        if isinstance(err, OSError) and getattr(err, "filename", None):
             msg = f"{Path(err.filename)}: {err.strerror or 'not found'}"
         print(f"refdet: error: {msg}", file=sys.stderr)
         return 2

@@ -52,6 +52,20 @@ def declared_params(notebook: str) -> list[str]:
     return list(papermill.inspect_notebook(str(path)))
 
 
+def notebook_only_keys() -> set[str]:
+    """Parameters of the numbered notebooks that are no config key (``run_dir``, ``steps``, ...); a params file
+    may hold these besides config keys. Empty where the notebooks are not installed."""
+    from refdet_core.runner import NOTEBOOKS
+
+    keys: set[str] = set()
+    for name in NOTEBOOKS:
+        try:
+            keys.update(declared_params(name))
+        except FileNotFoundError:
+            continue
+    return keys - FLAT_KEYS
+
+
 @dataclass
 class NotebookRun:
     name: str

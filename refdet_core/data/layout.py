@@ -151,8 +151,11 @@ def _check_image(path: Path) -> None:
         raise LayoutError(f"{path}: reference image is unreadable (corrupt, truncated or not an image)")
 
 
-def probe_video_file(path: Path) -> tuple[int, float, int, int]:
-    """(frames, fps, width, height) of a video; LayoutError when it is missing, corrupt or truncated."""
+def probe_video_file(path: Path, *, truncated_ok: bool = False) -> tuple[int, float, int, int]:
+    """(frames, fps, width, height) of a video; LayoutError when it is missing, corrupt or truncated.
+
+    ``truncated_ok``: a video whose last frames do not decode is a warning and ``frames`` is 0 (unknown).
+    """
     if not path.is_file():
         raise LayoutError(f"{path}: missing ({VIDEO_NAME} is required in every sample folder)")
     cap = cv2.VideoCapture(str(path))
@@ -169,7 +172,10 @@ def probe_video_file(path: Path) -> tuple[int, float, int, int]:
         height, width = frame.shape[:2]
         frames = _last_readable(cap, count)
         if frames == 0:
-            raise LayoutError(f"{path}: video is truncated (frame {count - 1} of {count} cannot be decoded)")
+            message = f"{path}: video is truncated (frame {count - 1} of {count} cannot be decoded)"
+            if not truncated_ok:
+                raise LayoutError(message)
+            log.warning("%s; using the frames that decode", message)
         if frames < count:
             log.warning("%s: container reports %d frames, %d decode; using %d", path, count, frames, frames)
     finally:
@@ -287,6 +293,8 @@ def read_layout(root: str | Path, *, probe_video: bool = True) -> Layout:
         raise LayoutError(f"{samples}: no such folder (expected <root>/samples/<video_id>/...)")
     folders = {p.name: p for p in sorted(samples.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     ann_path = root / ANNOTATIONS
+    if ann_path.exists() and not ann_path.is_file():
+        raise LayoutError(f"{ann_path}: is not a file (a folder?); a test layout has no annotations.json at all")
     groups = _parse_annotations(ann_path) if ann_path.is_file() else None
     if groups is not None:
         missing = [v for v in groups if v not in folders]

@@ -379,21 +379,37 @@ def throughput(results: Mapping[str, VideoResult]) -> dict[str, float]:
 
 
 def predict_to_submission(
-    data_root: str | Path, ckpt: str | Path, out_path: str | Path, *, device: str = "auto", batch: int = 8
+    data_root: str | Path,
+    ckpt: str | Path,
+    out_path: str | Path,
+    *,
+    device: str = "auto",
+    batch: int = 8,
+    partial: bool = False,
+    force: bool = False,
 ) -> dict:
     """``refdet predict``: every video of ``data_root`` -> challenge submission at ``out_path`` (atomic).
 
     Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
-    picks CUDA when available.
+    picks CUDA when available. ``out_path`` and every video are checked before the model loads; a video that
+    stops decoding early is an error naming it (``partial``: a warning, its frames decoded are covered).
+    ``force`` replaces an ``out_path`` that is not a submission.
 
     Returns:
         ``{"videos", "frames", "seconds", "frames_per_s", "out"}``.
     """
-    from refdet_core.eval.submission import write_submission
+    from refdet_core.data.layout import read_layout
+    from refdet_core.data.probe import check_decoded, expected_frames
+    from refdet_core.eval.submission import check_submission_path, write_submission
     from refdet_core.train.run import pick_device
 
+    check_submission_path(out_path, force=force)
+    layout = read_layout(data_root, probe_video=False)
+    expected = expected_frames(layout, sorted(layout.videos), partial=partial)
     predictor = load_predictor(ckpt, device=pick_device(device), batch=batch)
     results = predict_layout(data_root, predictor)
+    paths = {vid: layout.videos[vid].video_path for vid in results}
+    check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)
     write_submission(out_path, tracks(results), list(results))
     return {**throughput(results), "out": str(out_path)}
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refdet_core.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 ENCODERS: dict[str, int] = {  # timm name -> native patch size
@@ -139,16 +141,19 @@ class SupportEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+            raise ConfigError(f"key 'encoder': unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
         kwargs = {"img_size": 256, **(encoder_kwargs or {})}
-        self.model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        try:
+            self.model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except TypeError as err:  # an encoder_kwargs key the timm model does not take
+            raise ConfigError(f"key 'encoder_kwargs' {encoder_kwargs}: {err}") from None
         self.pretrained_source = self._load_weights(name, weights, kwargs)
         if patch != ENCODERS[name]:
             self.model.set_input_size(patch_size=(patch, patch))
         self.patch = patch
         depth = len(self.model.blocks)
         if not 0 <= trainable_blocks <= depth:
-            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}] for {name}")
+            raise ConfigError(f"key 'trainable_blocks' is {trainable_blocks}, must be in [0, {depth}] for {name}")
         self.n_frozen = depth - trainable_blocks
         self.trainable_blocks = trainable_blocks
         self.model.requires_grad_(False)

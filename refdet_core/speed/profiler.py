@@ -20,7 +20,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from refdet_core.config import RefDetConfig, config_from_dict, config_items, read_yaml
+from refdet_core.config import (
+    ConfigError,
+    RefDetConfig,
+    config_from_dict,
+    config_items,
+    read_yaml,
+    require_data_root,
+)
 from refdet_core.speed import memory
 
 logger = logging.getLogger(__name__)
@@ -177,9 +184,23 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
 
 
 def config_from_params(params: str | Path | dict[str, Any], *, source: str | None = None) -> RefDetConfig:
-    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped."""
-    data = read_yaml(params) if not isinstance(params, dict) else params
-    return config_from_dict(config_items(data), source=source or str(params))
+    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped.
+
+    A params file must set ``data_root``, and a key that is neither a config key nor a notebook parameter is an
+    error naming it, as in ``refdet train``.
+    """
+    if isinstance(params, dict):
+        return config_from_dict(config_items(params), source=source or "params")
+    from refdet_core.notebook import notebook_only_keys
+
+    data = read_yaml(params)
+    require_data_root(data, str(params))
+    items = config_items(data)
+    extra = [k for k in data if k not in items]
+    unknown = [k for k in extra if k not in notebook_only_keys()] if extra else []
+    if unknown:
+        raise ConfigError(f"{params}: unknown key '{unknown[0]}'")
+    return config_from_dict(items, source=source or str(params))
 
 
 def profile_from_params(

@@ -14,7 +14,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from refdet_core.config import FLAT_KEYS, ConfigError, RefDetConfig, atomic_write_json, config_from_dict, read_yaml
+from refdet_core.config import (
+    FLAT_KEYS,
+    ConfigError,
+    RefDetConfig,
+    atomic_write_json,
+    config_from_dict,
+    read_yaml,
+    require_data_root,
+)
+from refdet_core.destination import check_destination, clean_leftovers, foreign_entries
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +64,24 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
     if cfg.data.store_dir:
         index = Path(cfg.data.store_dir) / "index.json"
         if index.is_file():
-            built = json.loads(index.read_text()).get("img_size")
+            try:
+                built = json.loads(index.read_text()).get("img_size")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                built = None  # a damaged store is rebuilt
             size = cfg.data.full_frame_size
             if built is not None and built != size and cfg.data.loader == "store":
                 raise ConfigError(
                     f"{index}: frame store built for frames of {built} px, config asks for {size} "
                     "(rebuild it with `refdet cache build` or set store_dir to a new folder)"
                 )
+
+
+def check_lr_mult(cfg: RefDetConfig, model: torch.nn.Module, source: str) -> None:
+    """``lr_mult`` keys name top-level modules of the model; another name would silently do nothing."""
+    modules = [name for name, _ in model.named_children()]
+    unknown = sorted(set(cfg.train.lr_mult) - set(modules))
+    if unknown:
+        raise ConfigError(f"{source}: key 'lr_mult.{unknown[0]}' names no module (modules: {', '.join(modules)})")
 
 
 @dataclass
@@ -108,6 +128,7 @@ def build_training(
         layout, source, train_ids, cfg, train=True, base_classes=base_classes, rank=rank, world_size=world_size
     )
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(base_classes)).to(device)
+    check_lr_mult(cfg, model, source_name)
     memory.apply(cfg.speed.keep_memory)  # process-wide: the last training set up in a process decides
     if cfg.speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -148,6 +169,7 @@ def build_training(
 def _params_config(path: str | Path) -> RefDetConfig:
     """Config keys of a params YAML; other keys must be parameters of notebook 05 (e.g. ``run_dir``)."""
     data = read_yaml(path)
+    require_data_root(data, str(path))
     try:
         from refdet_core.notebook import declared_params
 
@@ -166,25 +188,53 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     return bool((hi - lo).abs().item() <= 1e-6 * max(1.0, total.abs().item()))
 
 
+RUN_FILES = ("config.yaml", "history.csv", "train_result.json", "checkpoint", "params.yaml", "metrics.json")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder holding only what a training run writes (a notebook's run folder included)."""
+    return not foreign_entries(folder, lambda n: n in RUN_FILES or n.startswith("events.out.tfevents."))
+
+
+def prepare_run_dir(out: Path, *, force: bool = False) -> None:
+    """Before training: clean what killed runs left in ``out`` and refuse a folder of other files."""
+    from refdet_core.train.checkpoint import prepare_checkpoint_dir
+
+    check_destination(out, what="run folder", owned=is_run_folder, force=force)
+    clean_leftovers(out)
+    prepare_checkpoint_dir(out / "checkpoint", force=force)
+
+
 def train_from_params(
-    params: str | Path, *, out_dir: str | Path | None = None, resume: str | Path | None = None
+    params: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any] | None:
-    """``refdet train``: train from a params YAML; under torchrun each rank runs this."""
+    """``refdet train``: train from a params YAML; under torchrun each rank runs this.
+
+    The run folder is written only once the settings, the data and the resume checkpoint are known to work.
+    ``force`` writes into a folder that holds files of no run.
+    """
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
+    out = Path(out_dir or Path("outputs") / "train")
+    if rank == 0:
+        prepare_run_dir(out, force=force)
     if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
-    out = Path(out_dir or Path("outputs") / "train")
     try:
         setup = build_training(
             cfg, out_dir=out, source_name=str(params), rank=rank, world_size=world_size, local_rank=local_rank
         )
+        setup.trainer.force_save = force
+        if resume:
+            setup.trainer.resume(resume)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")
-        if resume:
-            setup.trainer.resume(resume)
         history = setup.trainer.fit()
         result = {
             "out_dir": str(out),
