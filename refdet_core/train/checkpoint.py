@@ -9,6 +9,7 @@ interrupted run always leaves the last complete checkpoint intact.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
 import shutil
@@ -24,6 +25,7 @@ from refdet_core.config import RefDetConfig, atomic_write_json, load_config
 from refdet_core.destination import (
     check_destination,
     clean_leftovers,
+    file_mode,
     foreign_entries,
     make_temp_dir,
     old_path,
@@ -108,6 +110,8 @@ def save_checkpoint(
         atomic_write_json(tmp / META, meta)
         if state is not None:
             torch.save(state, tmp / STATE)
+        for file in tmp.iterdir():  # safetensors writes 0600 whatever the umask
+            os.chmod(file, file_mode())
         replace_dir(tmp, path)
     except BaseException:
         if tmp.exists():
