@@ -115,10 +115,10 @@ def cmd_cache_build(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- model
 def cmd_params(args: argparse.Namespace) -> None:
     from refdet_core.config import config_from_dict, load_config, parse_override
-    from refdet_core.models.params import param_summary
 
     overrides = dict(parse_override(c) for c in args.c)
     cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
+    from refdet_core.models.params import param_summary  # torch loads only once the config is known good
 
     def text(s: dict[str, Any]) -> str:
         rows = [[name, m["total"], m["trainable"], m["frozen"]] for name, m in s["modules"].items()]
@@ -130,7 +130,16 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train / predict / score
+def _check_params_file(path: str | None, notebooks: tuple[str, ...] | None = None) -> None:
+    """A bad params file fails here, before torch and the model code load."""
+    if path:
+        from refdet_core.notebook import params_file_config
+
+        params_file_config(path, notebooks=notebooks)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    _check_params_file(args.params, ("05_train_stage2",))
     from refdet_core.train.run import train_from_params
 
     result = train_from_params(args.params, out_dir=args.out, resume=args.resume, force=args.force)
@@ -139,6 +148,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from refdet_core.eval.submission import check_submission_path
+
+    check_submission_path(args.out, force=args.force)  # before torch and the model load
     from refdet_core.eval.video import predict_to_submission
 
     summary = predict_to_submission(args.data, args.ckpt, args.out, partial=args.allow_truncated, force=args.force)
@@ -158,6 +170,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- speed
 def cmd_profile(args: argparse.Namespace) -> None:
+    _check_params_file(args.params)
     from refdet_core.speed.profiler import profile_from_params
 
     report = profile_from_params(args.params, steps=args.steps, warmup=args.warmup, trace=args.trace)
@@ -170,6 +183,7 @@ def cmd_profile(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    _check_params_file(args.params)
     from refdet_core.speed.bench import run_bench
 
     report = run_bench(

@@ -16,9 +16,12 @@ import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refdet_core.config import atomic_write_json
-from refdet_core.eval.metrics import GroundTruth, Track, map50, presence_prf, st_iou
+
+if TYPE_CHECKING:  # metrics imports torch: scoring loads it, reading and checking files does not
+    from refdet_core.eval.metrics import GroundTruth, Track
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +244,8 @@ def score_files(gt_path: str | Path, pred_path: str | Path, *, allow_missing: bo
         if not allow_missing:
             raise SubmissionError(f"{what}; pass --allow-missing to score them as no predictions")
         log.warning("%s: scored as no predictions", what)
+    from refdet_core.eval.metrics import map50, presence_prf, st_iou
+
     result = st_iou(gt, pred)
     return {
         "videos": result["videos"],

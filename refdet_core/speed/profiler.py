@@ -20,14 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from refdet_core.config import (
-    ConfigError,
-    RefDetConfig,
-    config_from_dict,
-    config_items,
-    read_yaml,
-    require_data_root,
-)
+from refdet_core.config import RefDetConfig, config_from_dict, config_items
 from refdet_core.speed import memory
 
 logger = logging.getLogger(__name__)
@@ -191,16 +184,9 @@ def config_from_params(params: str | Path | dict[str, Any], *, source: str | Non
     """
     if isinstance(params, dict):
         return config_from_dict(config_items(params), source=source or "params")
-    from refdet_core.notebook import notebook_only_keys
+    from refdet_core.notebook import params_file_config
 
-    data = read_yaml(params)
-    require_data_root(data, str(params))
-    items = config_items(data)
-    extra = [k for k in data if k not in items]
-    unknown = [k for k in extra if k not in notebook_only_keys()] if extra else []
-    if unknown:
-        raise ConfigError(f"{params}: unknown key '{unknown[0]}'")
-    return config_from_dict(items, source=source or str(params))
+    return params_file_config(params)
 
 
 def profile_from_params(

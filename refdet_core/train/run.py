@@ -14,15 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from refdet_core.config import (
-    FLAT_KEYS,
-    ConfigError,
-    RefDetConfig,
-    atomic_write_json,
-    config_from_dict,
-    read_yaml,
-    require_data_root,
-)
+from refdet_core.config import ConfigError, RefDetConfig, atomic_write_json
 from refdet_core.destination import check_destination, clean_leftovers, foreign_entries
 
 logger = logging.getLogger(__name__)
@@ -168,15 +160,9 @@ def build_training(
 
 def _params_config(path: str | Path) -> RefDetConfig:
     """Config keys of a params YAML; other keys must be parameters of notebook 05 (e.g. ``run_dir``)."""
-    data = read_yaml(path)
-    require_data_root(data, str(path))
-    try:
-        from refdet_core.notebook import declared_params
+    from refdet_core.notebook import params_file_config
 
-        notebook_keys = set(declared_params("05_train_stage2")) - FLAT_KEYS
-    except FileNotFoundError:
-        notebook_keys = set()
-    return config_from_dict({k: v for k, v in data.items() if k not in notebook_keys}, source=str(path))
+    return params_file_config(path, notebooks=("05_train_stage2",))
 
 
 def ranks_in_sync(model: torch.nn.Module) -> bool:
