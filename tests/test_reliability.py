@@ -291,3 +291,16 @@ def test_resume_applies_changed_optimizer_settings(demo_root, tmp_path, caplog):
     assert enc["lr"] == pytest.approx(1e-3 * 0.5 * second.trainer.scheduler.lr_lambdas[0](step))
     assert "support_encoder lr_mult 0.1 -> 0.5" in caplog.text
     assert np.isfinite(second.trainer.fit()["loss"]).all()
+
+
+def test_a_box_annotated_twice_counts_once(demo_copy):
+    from refdet_core.eval.submission import read_annotations
+
+    path = demo_copy / "annotations" / "annotations.json"
+    gt = json.loads(path.read_text())
+    entry = next(e for e in gt if e["annotations"])
+    entry["annotations"].append({"bboxes": entry["annotations"][0]["bboxes"][:2]})  # an overlapping interval
+    path.write_text(json.dumps(gt))
+    frame = entry["annotations"][0]["bboxes"][0]["frame"]
+    assert len(read_annotations(path)[entry["video_id"]][frame]) == 1
+    assert read_layout(demo_copy).videos[entry["video_id"]].boxes_by_frame[frame].shape == (1, 4)

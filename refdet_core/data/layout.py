@@ -253,7 +253,7 @@ def _parse_box(where: str, box: Any) -> Box:
 def _attach_boxes(rec: VideoRecord, groups: list[list[Box]], ann_path: Path) -> None:
     """Check the boxes against the video (frame range, frame size), clip, and fill intervals/boxes_by_frame."""
     by_frame: dict[int, list[tuple[float, float, float, float]]] = {}
-    clipped = 0
+    clipped = repeated = 0
     for j, group in enumerate(groups):
         if not group:
             log.warning("%s: '%s' annotations[%d] has no boxes; skipped", ann_path, rec.video_id, j)
@@ -275,8 +275,14 @@ def _attach_boxes(rec: VideoRecord, groups: list[list[Box]], ann_path: Path) -> 
                     )
                 clipped += box != (x1, y1, x2, y2)
             kept.append((frame, *box))
-            by_frame.setdefault(frame, []).append(box)
+            same_frame = by_frame.setdefault(frame, [])
+            if box in same_frame:  # one object annotated twice (overlapping intervals) counts once
+                repeated += 1
+            else:
+                same_frame.append(box)
         rec.intervals.append(kept)
+    if repeated:
+        log.warning("%s: '%s' has %d boxes repeated on their frame; counted once", ann_path, rec.video_id, repeated)
     if clipped:
         log.warning("%s: '%s' has %d boxes reaching outside the frame; clipped", ann_path, rec.video_id, clipped)
     rec.boxes_by_frame = {f: np.asarray(b, dtype=np.float32).reshape(-1, 4) for f, b in sorted(by_frame.items())}

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -33,10 +32,10 @@ from tqdm.auto import tqdm
 from refdet_core.config import RefDetConfig, atomic_write_json
 from refdet_core.data.frames import Letterbox, iter_frames, letterbox, letterbox_params
 from refdet_core.data.lru import SharedFrameLRU
+from refdet_core.data.store_check import INDEX, StoreError, damaged_file, is_store, layout_inputs, read_index
 from refdet_core.destination import (
     check_destination,
     clean_leftovers,
-    foreign_entries,
     make_temp_dir,
     recover_old,
     replace_dir,
@@ -45,13 +44,7 @@ from refdet_core.destination import (
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-INDEX = "index.json"
 JPEG_QUALITY = 95
-_STORE_ENTRY = re.compile(r"^(index\.json|\d+\.npy|\d+)$")  # what a store folder holds
-
-
-class StoreError(RuntimeError):
-    """A frame store that is missing, incomplete or asked for a frame it does not keep."""
 
 
 def select_frames(record: Any, bg_share: float) -> tuple[list[int], list[int]]:
@@ -109,57 +102,6 @@ def _write_video(rec: Any, keep: list[int], dest: Path, name: str, img_size: int
         arr.flush()
         del arr
     return lb
-
-
-def _inputs(layout: Any) -> list[Path]:
-    """What a store is built from, never to be replaced by it: the layout's samples and annotations folders."""
-    root = Path(layout.root)
-    return [root / "samples", root / "annotations"]
-
-
-def is_store(folder: Path) -> bool:
-    """A folder holding a store index and nothing a store does not write."""
-    return (folder / INDEX).is_file() and not foreign_entries(folder, lambda n: bool(_STORE_ENTRY.match(n)))
-
-
-def read_index(folder: Path) -> dict:
-    """The store's ``index.json``; ``StoreError`` naming it when it is not a readable index."""
-    path = Path(folder) / INDEX
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{path}: corrupt frame store index ({err})") from None
-    if not isinstance(index, dict) or not isinstance(index.get("videos"), dict) or "img_size" not in index:
-        raise StoreError(f"{path}: not a frame store index")
-    return index
-
-
-def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
-    """(shape, expected file size) from a ``.npy`` header."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(f)
-        return tuple(shape), f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
-
-
-def damaged_file(root: Path, index: dict) -> str | None:
-    """The first file of the store that is missing or not the size its index says (None: all present)."""
-    size = int(index["img_size"])
-    for vid, entry in index["videos"].items():
-        path = root / entry["file"]
-        if index.get("fmt") == "npy":
-            if not path.is_file():
-                return f"{path}: missing"
-            try:
-                shape, expected = _npy_bytes(path)
-            except (OSError, ValueError) as err:
-                return f"{path}: unreadable ({err})"
-            if shape != (len(entry["frames"]), size, size, 3) or path.stat().st_size != expected:
-                return f"{path}: {path.stat().st_size} bytes, expected {expected} for {len(entry['frames'])} frames"
-        elif not path.is_dir() or len(list(path.glob("*.jpg"))) != len(entry["frames"]):
-            return f"{path}: frames of {vid} missing"
-    return None
 
 
 class FrameStore:
@@ -226,7 +168,7 @@ class FrameStore:
         out_dir = Path(out_dir)
         clean_leftovers(out_dir.parent, [out_dir.name])
         recover_old(out_dir, is_store)
-        check_destination(out_dir, what="frame store", owned=is_store, force=force, protect=_inputs(layout))
+        check_destination(out_dir, what="frame store", owned=is_store, force=force, protect=layout_inputs(layout))
         ids = list(layout.videos) if video_ids is None else list(video_ids)
         key = store_key(layout, ids, img_size=img_size, bg_share=bg_share, fmt=fmt)
         existing = cls._reusable(out_dir, key)
