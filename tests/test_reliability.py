@@ -304,3 +304,22 @@ def test_a_box_annotated_twice_counts_once(demo_copy):
     frame = entry["annotations"][0]["bboxes"][0]["frame"]
     assert len(read_annotations(path)[entry["video_id"]][frame]) == 1
     assert read_layout(demo_copy).videos[entry["video_id"]].boxes_by_frame[frame].shape == (1, 4)
+
+
+def test_exponent_floats_are_numbers(tmp_path):
+    from refdet_core.config import load_config, parse_override
+
+    (tmp_path / "p.yaml").write_text("lr: 1e-3\nweight_decay: 5E-2\n")
+    cfg = load_config(tmp_path / "p.yaml", dict([parse_override("min_lr_ratio=1e-2")]))
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.min_lr_ratio) == (1e-3, 5e-2, 1e-2)
+
+
+def test_a_corrupt_store_index_is_rebuilt_or_named(demo_root, tmp_path, capsys):
+    argv = ["cache", "build", str(demo_root), "--out", str(tmp_path / "fs"), "-c", f"img_size={SIZE}", "--json"]
+    assert main(argv) == 0
+    (tmp_path / "fs" / "index.json").write_text("{truncated")
+    with pytest.raises(StoreError, match="index.json: corrupt"):
+        FrameStore.open(tmp_path / "fs")
+    capsys.readouterr()
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out)["reused"] is False
+    assert FrameStore.open(tmp_path / "fs").stats()["frames"] > 0
