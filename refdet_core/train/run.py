@@ -182,11 +182,15 @@ def is_run_folder(folder: Path) -> bool:
     return not foreign_entries(folder, lambda n: n in RUN_FILES or n.startswith("events.out.tfevents."))
 
 
-def prepare_run_dir(out: Path, *, force: bool = False) -> None:
-    """Before training: clean what killed runs left in ``out`` and refuse a folder of other files."""
-    from refdet_core.train.checkpoint import prepare_checkpoint_dir
+def prepare_run_dir(out: Path, *, force: bool = False, clean: bool = True) -> None:
+    """Before training: refuse a folder of other files (every rank, so that all of them stop) and, with
+    ``clean`` (rank 0), remove what killed runs left in ``out``."""
+    from refdet_core.train.checkpoint import is_checkpoint, prepare_checkpoint_dir
 
     check_destination(out, what="run folder", owned=is_run_folder, force=force)
+    if not clean:
+        check_destination(out / "checkpoint", what="checkpoint folder", owned=is_checkpoint, force=force)
+        return
     clean_leftovers(out)
     prepare_checkpoint_dir(out / "checkpoint", force=force)
 
@@ -206,8 +210,7 @@ def train_from_params(
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
     out = Path(out_dir or Path("outputs") / "train")
-    if rank == 0:
-        prepare_run_dir(out, force=force)
+    prepare_run_dir(out, force=force, clean=rank == 0)
     if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
