@@ -76,13 +76,13 @@ def check_destination(
     path: str | Path,
     *,
     what: str,
-    owned: Callable[[Path], bool],
+    foreign: Callable[[Path], list[str]],
     force: bool = False,
     protect: Iterable[str | Path] = (),
 ) -> None:
-    """Raise ``DestinationError`` unless ``path`` is missing, an empty folder, or a folder ``owned`` accepts.
+    """Raise ``DestinationError`` unless ``path`` is missing, an empty folder, or a folder of a ``what``.
 
-    ``owned(folder)`` says whether the folder is a ``what`` (its marker file is there and nothing foreign is).
+    ``foreign(folder)`` names the entries that are not a ``what``'s (none: the folder is one).
     ``force`` lets the command replace anything but a path that is, holds or lies inside one of ``protect``.
     """
     path = Path(path)
@@ -96,10 +96,10 @@ def check_destination(
         return
     if path.is_symlink() or not path.is_dir():
         raise DestinationError(f"{path}: is a file, not a {what}; refusing to replace it (remove it or pass --force)")
-    entries = sorted(p.name for p in path.iterdir())
-    if entries and not owned(path):
+    others = foreign(path)
+    if others:
         raise DestinationError(
-            f"{path}: not a {what} ({_describe(entries)}); refusing to replace it "
+            f"{path}: not a {what} ({_describe(others)}); refusing to replace it "
             "(choose a new or empty folder, or pass --force)"
         )
 

@@ -323,3 +323,19 @@ def test_a_corrupt_store_index_is_rebuilt_or_named(demo_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0 and json.loads(capsys.readouterr().out)["reused"] is False
     assert FrameStore.open(tmp_path / "fs").stats()["frames"] > 0
+
+
+def test_a_run_folder_start_cleans_what_killed_runs_left(tmp_path):
+    from refdet_core.train.run import prepare_run_dir
+
+    dead = 2**22 + 12345
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    for name in (f".checkpoint.tmp-{dead}-a1", f".history.csv.tmp-{dead}-b2.tmp", ".checkpoint.zq8_x1ab"):
+        (run / name).mkdir() if "checkpoint" in name else (run / name).write_text("")
+    prepare_run_dir(run)
+    assert os.listdir(run) == ["config.yaml"]
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(DestinationError, match="notes.txt"):
+        prepare_run_dir(run)

@@ -32,7 +32,15 @@ from tqdm.auto import tqdm
 from refdet_core.config import RefDetConfig, atomic_write_json
 from refdet_core.data.frames import Letterbox, iter_frames, letterbox, letterbox_params
 from refdet_core.data.lru import SharedFrameLRU
-from refdet_core.data.store_check import INDEX, StoreError, damaged_file, is_store, layout_inputs, read_index
+from refdet_core.data.store_check import (
+    INDEX,
+    StoreError,
+    damaged_file,
+    is_store,
+    layout_inputs,
+    read_index,
+    store_foreign,
+)
 from refdet_core.destination import (
     check_destination,
     clean_leftovers,
@@ -168,7 +176,9 @@ class FrameStore:
         out_dir = Path(out_dir)
         clean_leftovers(out_dir.parent, [out_dir.name])
         recover_old(out_dir, is_store)
-        check_destination(out_dir, what="frame store", owned=is_store, force=force, protect=layout_inputs(layout))
+        check_destination(
+            out_dir, what="frame store", foreign=store_foreign, force=force, protect=layout_inputs(layout)
+        )
         ids = list(layout.videos) if video_ids is None else list(video_ids)
         key = store_key(layout, ids, img_size=img_size, bg_share=bg_share, fmt=fmt)
         existing = cls._reusable(out_dir, key)

@@ -26,9 +26,16 @@ def layout_inputs(layout: Any) -> list[Path]:
     return [root / "samples", root / "annotations"]
 
 
+def store_foreign(folder: Path) -> list[str]:
+    """Entries of ``folder`` that are no frame store's (every entry when it has no store index)."""
+    if not (folder / INDEX).is_file():
+        return sorted(p.name for p in folder.iterdir())
+    return foreign_entries(folder, lambda n: bool(_STORE_ENTRY.match(n)))
+
+
 def is_store(folder: Path) -> bool:
     """A folder holding a store index and nothing a store does not write."""
-    return (folder / INDEX).is_file() and not foreign_entries(folder, lambda n: bool(_STORE_ENTRY.match(n)))
+    return (folder / INDEX).is_file() and not store_foreign(folder)
 
 
 def read_index(folder: Path) -> dict:

@@ -69,10 +69,11 @@ def unwrap(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def is_checkpoint(folder: Path) -> bool:
-    """A folder holding the weights and meta of a checkpoint and no file a checkpoint does not write."""
-    names = {p.name for p in folder.iterdir()}
-    return {WEIGHTS, META} <= names or not foreign_entries(folder, lambda n: n in FILES)
+def checkpoint_foreign(folder: Path) -> list[str]:
+    """Entries of ``folder`` that are no checkpoint's (none where the weights and meta are: a checkpoint)."""
+    if {WEIGHTS, META} <= {p.name for p in folder.iterdir()}:
+        return []
+    return foreign_entries(folder, lambda n: n in FILES)
 
 
 def is_complete(folder: Path) -> bool:
@@ -84,7 +85,7 @@ def prepare_checkpoint_dir(path: str | Path, *, force: bool = False) -> None:
     path = Path(path)
     clean_leftovers(path.parent, [path.name], legacy_checkpoint=True)
     recover_old(path, is_complete)
-    check_destination(path, what="checkpoint folder", owned=is_checkpoint, force=force)
+    check_destination(path, what="checkpoint folder", foreign=checkpoint_foreign, force=force)
 
 
 def save_checkpoint(

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,21 +178,24 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
 RUN_FILES = ("config.yaml", "history.csv", "train_result.json", "checkpoint", "params.yaml", "metrics.json")
 
 
-def is_run_folder(folder: Path) -> bool:
-    """A folder holding only what a training run writes (a notebook's run folder included)."""
-    return not foreign_entries(folder, lambda n: n in RUN_FILES or n.startswith("events.out.tfevents."))
+_RUN_EXTRA = re.compile(r"events\.out\.tfevents\..*|\.checkpoint\.(old|[a-z0-9_]{8})")  # + a crashed save's copy
+
+
+def run_folder_foreign(folder: Path) -> list[str]:
+    """Entries of ``folder`` that a training run does not write (a notebook's run folder included)."""
+    return foreign_entries(folder, lambda n: n in RUN_FILES or bool(_RUN_EXTRA.fullmatch(n)))
 
 
 def prepare_run_dir(out: Path, *, force: bool = False, clean: bool = True) -> None:
     """Before training: refuse a folder of other files (every rank, so that all of them stop) and, with
     ``clean`` (rank 0), remove what killed runs left in ``out``."""
-    from refdet_core.train.checkpoint import is_checkpoint, prepare_checkpoint_dir
+    from refdet_core.train.checkpoint import checkpoint_foreign, prepare_checkpoint_dir
 
-    check_destination(out, what="run folder", owned=is_run_folder, force=force)
+    check_destination(out, what="run folder", foreign=run_folder_foreign, force=force)
     if not clean:
-        check_destination(out / "checkpoint", what="checkpoint folder", owned=is_checkpoint, force=force)
+        check_destination(out / "checkpoint", what="checkpoint folder", foreign=checkpoint_foreign, force=force)
         return
-    clean_leftovers(out)
+    clean_leftovers(out, RUN_FILES)
     prepare_checkpoint_dir(out / "checkpoint", force=force)
 
 
