@@ -331,11 +331,12 @@ def test_a_run_folder_start_cleans_what_killed_runs_left(tmp_path):
     dead = 2**22 + 12345
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("{}\n")
+    for name in ("config.yaml", "05_train_stage2.ipynb", "loss.png"):  # a notebook's run folder
+        (run / name).write_text("{}\n")
     for name in (f".checkpoint.tmp-{dead}-a1", f".history.csv.tmp-{dead}-b2.tmp", ".checkpoint.zq8_x1ab"):
         (run / name).mkdir() if "checkpoint" in name else (run / name).write_text("")
     prepare_run_dir(run)
-    assert os.listdir(run) == ["config.yaml"]
+    assert sorted(os.listdir(run)) == ["05_train_stage2.ipynb", "config.yaml", "loss.png"]
     (run / "notes.txt").write_text("mine")
     with pytest.raises(DestinationError, match="notes.txt"):
         prepare_run_dir(run)

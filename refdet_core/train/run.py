@@ -178,7 +178,8 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
 RUN_FILES = ("config.yaml", "history.csv", "train_result.json", "checkpoint", "params.yaml", "metrics.json")
 
 
-_RUN_EXTRA = re.compile(r"events\.out\.tfevents\..*|\.checkpoint\.(old|[a-z0-9_]{8})")  # + a crashed save's copy
+# besides RUN_FILES: TensorBoard events, a crashed save's copy, and what notebook 05 adds to its run folder
+_RUN_EXTRA = re.compile(r"events\.out\.tfevents\..*|\.checkpoint\.(old|[a-z0-9_]{8})|\d\d_\w+\.ipynb|[\w-]+\.(png|csv)")
 
 
 def run_folder_foreign(folder: Path) -> list[str]:
