@@ -83,6 +83,7 @@ def _write_params(ws: Path, good: dict) -> None:
     _write_yaml(p / "encoder.yaml", {**good, "encoder": "vit_huge_nope"})
     _write_yaml(p / "enc_kwargs.yaml", {**good, "encoder_kwargs": {**good["encoder_kwargs"], "depht": 2}})
     _write_yaml(p / "user_store.yaml", {**good, "store_dir": str(ws / "user")})
+    _write_yaml(p / "enc_weights.yaml", {**good, "encoder_weights": str(ws / "file.txt")})
     (p / "dup.yaml").write_text((p / "good.yaml").read_text() + "epochs: 3\n")
     (p / "nan.yaml").write_text((p / "good.yaml").read_text().replace("epochs: 1", "epochs: 1\nlr: .nan"))
     (p / "broken.yaml").write_text("img_size: [64,\n")
@@ -188,6 +189,7 @@ CASES = [
     ("train-lr-mult-module", ["train", "-p", _p("lr_mult.yaml"), "-o", _w("r2")], "lr_mult.neckk"),
     ("train-out-user-folder", ["train", "-p", _p("good.yaml"), "-o", _w("user")], "user"),
     ("train-out-file", ["train", "-p", _p("good.yaml"), "-o", _w("file.txt")], "file.txt"),
+    ("train-encoder-weights-garbage", ["train", "-p", _p("enc_weights.yaml"), "-o", _w("r2")], "file.txt"),
     ("train-store-dir-user", ["train", "-p", _p("user_store.yaml"), "-o", _w("r2")], "user"),
     ("resume-missing", _resume("good.yaml", "nockpt"), "nockpt"),
     ("resume-trunc-state", _resume("good.yaml", "ckpt_trunc"), "state.pt"),

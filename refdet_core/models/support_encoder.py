@@ -86,16 +86,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder weights file not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise several types for a corrupt file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: unreadable encoder weights ({first})") from None
     for key in ("model_ema", "model", "state_dict", "module"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors")
+        raise ConfigError(f"{path}: expected a state dict of tensors (key 'encoder_weights')")
     return obj
 
 
@@ -192,7 +196,8 @@ class SupportEncoder(nn.Module):
             sd = timm.models.eva.checkpoint_filter_fn(sd, self.model)
         result = self.model.load_state_dict(sd, strict=False)
         if result.missing_keys:
-            raise ValueError(f"{path}: {len(result.missing_keys)} encoder keys missing, e.g. {result.missing_keys[:3]}")
+            missing = result.missing_keys
+            raise ConfigError(f"{path}: {len(missing)} encoder keys missing, e.g. {missing[:3]}")
         if result.unexpected_keys:
             log.info("%s: ignored %d unexpected keys", path, len(result.unexpected_keys))
         log.info("support encoder %s: weights from %s", name, path)
