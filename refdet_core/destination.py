@@ -104,6 +104,16 @@ def check_destination(
         )
 
 
+def check_file_destination(path: str | Path, *, what: str, ours: Callable[[Path], bool]) -> None:
+    """Raise ``DestinationError`` unless ``path`` is new or an existing file that ``ours`` recognises as a
+    ``what`` written before (a folder, or a file of anything else, is never replaced)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DestinationError(f"{path}: is a folder; expected the {what} file to write")
+    if path.exists() and not ours(path):
+        raise DestinationError(f"{path}: exists and is not a {what}; refusing to replace it")
+
+
 def foreign_entries(folder: Path, allowed: Callable[[str], bool]) -> list[str]:
     """Entries of ``folder`` whose names ``allowed`` rejects (temporaries of this module are always allowed)."""
     return sorted(p.name for p in folder.iterdir() if not (allowed(p.name) or _TEMP.match(p.name)))

@@ -218,6 +218,8 @@ CASES = [
     ("profile-unknown-key", ["profile", "-p", _p("profile_unknown.yaml")], "stepz"),
     ("profile-dup-key", ["profile", "-p", _p("dup.yaml")], "epochs"),
     ("profile-no-data-root", ["profile", "-p", _p("no_root.yaml")], "data_root"),
+    ("profile-trace-over-a-file", ["profile", "-p", _p("good.yaml"), "--trace", _w("file.txt")], "file.txt"),
+    ("profile-trace-into-folder", ["profile", "-p", _p("good.yaml"), "--trace", _w("user")], "user"),
     ("profile-steps-0", ["profile", "-p", _p("good.yaml"), "--steps", "0"], "--steps"),
     ("bench-episodes-0", ["bench", "--episodes", "0"], "--episodes"),
     ("bench-repeats-x", ["bench", "--repeats", "x"], "--repeats"),

@@ -10,6 +10,7 @@ is bracketed by ``torch.cuda.synchronize()``; the same code runs on CPU.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import statistics
 import time
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 
 from refdet_core.config import RefDetConfig, config_from_dict, config_items
+from refdet_core.destination import check_file_destination
 from refdet_core.speed import memory
 
 logger = logging.getLogger(__name__)
@@ -189,11 +191,23 @@ def config_from_params(params: str | Path | dict[str, Any], *, source: str | Non
     return params_file_config(params)
 
 
+def is_trace(path: Path) -> bool:
+    """A Chrome trace as ``export_chrome_trace`` writes it (a JSON object with ``traceEvents``)."""
+    try:
+        return "traceEvents" in json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
+
+
 def profile_from_params(
     params: str | Path, *, steps: int = 5, warmup: int = 2, trace: str | Path | None = None
 ) -> dict[str, Any]:
-    """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``."""
+    """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``.
+
+    ``trace`` must be a new file or an older trace (never a file of something else)."""
     cfg = config_from_params(params)
+    if trace:
+        check_file_destination(trace, what="profiler trace", ours=is_trace)
     report = profile_step(cfg, steps=steps, warmup=warmup, trace=trace)
     report["params"] = str(params)
     return report
