@@ -265,3 +265,15 @@ def test_bad_input_is_one_line_exit_2_and_harmless(ws, argv, words, request, cap
 
 def test_the_table_is_big_enough():
     assert len({i for i, _, _ in CASES}) == len(CASES) >= 40
+
+
+def test_allow_truncated_covers_the_decoded_frames_with_a_warning(ws, tmp_path, capsys, caplog):
+    out = tmp_path / "sub.json"
+    argv = ["predict", "--data", str(ws / "data_trunc"), "--ckpt", str(ws / "run" / "checkpoint"), "--out", str(out)]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--allow-truncated"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    videos = sorted(os.listdir(ws / "data_trunc" / "samples"))
+    assert summary["videos"] == len(videos) and 20 <= summary["frames"] - 40 * (len(videos) - 1) < 40
+    assert [e["video_id"] for e in json.loads(out.read_text())] == videos
+    assert f"{videos[0]}/drone_video.mp4: decoding stopped at frame" in caplog.text and "only" in caplog.text
