@@ -139,7 +139,10 @@ def _check_params_file(path: str | None, notebooks: tuple[str, ...] | None = Non
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
+
     _check_params_file(args.params, ("05_train_stage2",))
+    prepare_run_dir(Path(args.out or DEFAULT_RUN_DIR), force=args.force, clean=False)  # before torch loads
     from refdet_core.train.run import train_from_params
 
     result = train_from_params(args.params, out_dir=args.out, resume=args.resume, force=args.force)

@@ -326,7 +326,7 @@ def test_a_corrupt_store_index_is_rebuilt_or_named(demo_root, tmp_path, capsys):
 
 
 def test_a_run_folder_start_cleans_what_killed_runs_left(tmp_path):
-    from refdet_core.train.run import prepare_run_dir
+    from refdet_core.train.folders import prepare_run_dir
 
     dead = 2**22 + 12345
     run = tmp_path / "run"

@@ -22,22 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from refdet_core.config import RefDetConfig, atomic_write_json, load_config
-from refdet_core.destination import (
-    check_destination,
-    clean_leftovers,
-    file_mode,
-    foreign_entries,
-    make_temp_dir,
-    old_path,
-    recover_old,
-    replace_dir,
-)
+from refdet_core.destination import file_mode, make_temp_dir, old_path, replace_dir
+from refdet_core.train.folders import CONFIG, META, STATE, WEIGHTS, is_complete, prepare_checkpoint_dir
 
-WEIGHTS = "model.safetensors"
-STATE = "state.pt"
-META = "meta.json"
-CONFIG = "config.yaml"
-FILES = (WEIGHTS, CONFIG, META, STATE)
 STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "trainer", "history")
 
 
@@ -67,25 +54,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
-
-
-def checkpoint_foreign(folder: Path) -> list[str]:
-    """Entries of ``folder`` that are no checkpoint's (none where the weights and meta are: a checkpoint)."""
-    if {WEIGHTS, META} <= {p.name for p in folder.iterdir()}:
-        return []
-    return foreign_entries(folder, lambda n: n in FILES)
-
-
-def is_complete(folder: Path) -> bool:
-    return folder.is_dir() and all((folder / n).is_file() for n in (WEIGHTS, CONFIG, META))
-
-
-def prepare_checkpoint_dir(path: str | Path, *, force: bool = False) -> None:
-    """Before a first save: clean what killed saves left beside ``path`` and refuse a foreign folder there."""
-    path = Path(path)
-    clean_leftovers(path.parent, [path.name], legacy_checkpoint=True)
-    recover_old(path, is_complete)
-    check_destination(path, what="checkpoint folder", foreign=checkpoint_foreign, force=force)
 
 
 def save_checkpoint(

@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from refdet_core.config import ConfigError, RefDetConfig, atomic_write_json
-from refdet_core.destination import check_destination, clean_leftovers, foreign_entries
+from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -175,31 +174,6 @@ def ranks_in_sync(model: torch.nn.Module) -> bool:
     return bool((hi - lo).abs().item() <= 1e-6 * max(1.0, total.abs().item()))
 
 
-RUN_FILES = ("config.yaml", "history.csv", "train_result.json", "checkpoint", "params.yaml", "metrics.json")
-
-
-# besides RUN_FILES: TensorBoard events, a crashed save's copy, and what notebook 05 adds to its run folder
-_RUN_EXTRA = re.compile(r"events\.out\.tfevents\..*|\.checkpoint\.(old|[a-z0-9_]{8})|\d\d_\w+\.ipynb|[\w-]+\.(png|csv)")
-
-
-def run_folder_foreign(folder: Path) -> list[str]:
-    """Entries of ``folder`` that a training run does not write (a notebook's run folder included)."""
-    return foreign_entries(folder, lambda n: n in RUN_FILES or bool(_RUN_EXTRA.fullmatch(n)))
-
-
-def prepare_run_dir(out: Path, *, force: bool = False, clean: bool = True) -> None:
-    """Before training: refuse a folder of other files (every rank, so that all of them stop) and, with
-    ``clean`` (rank 0), remove what killed runs left in ``out``."""
-    from refdet_core.train.checkpoint import checkpoint_foreign, prepare_checkpoint_dir
-
-    check_destination(out, what="run folder", foreign=run_folder_foreign, force=force)
-    if not clean:
-        check_destination(out / "checkpoint", what="checkpoint folder", foreign=checkpoint_foreign, force=force)
-        return
-    clean_leftovers(out, RUN_FILES)
-    prepare_checkpoint_dir(out / "checkpoint", force=force)
-
-
 def train_from_params(
     params: str | Path,
     *,
@@ -214,7 +188,7 @@ def train_from_params(
     """
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
-    out = Path(out_dir or Path("outputs") / "train")
+    out = Path(out_dir or DEFAULT_RUN_DIR)
     prepare_run_dir(out, force=force, clean=rank == 0)
     if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
