@@ -7,7 +7,6 @@ Set ``REFDET_DEBUG=1`` to get the traceback instead of the one-line error.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -16,9 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-# user-facing errors: (module, class name); imported lazily so that `refdet --help` stays fast
+# user-facing errors: (module, class name). An error can only come from a module that is loaded, so the handler
+# looks them up in sys.modules and never imports anything: the error path stays as fast as the failing command
 USER_ERRORS = (
     ("refdet_core.config", "ConfigError"),
+    ("refdet_core.destination", "DestinationError"),
     ("refdet_core.data.layout", "LayoutError"),
     ("refdet_core.data.demo", "DemoError"),
     ("refdet_core.data.frames", "VideoError"),
@@ -34,13 +35,36 @@ USER_ERRORS = (
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError]
+    types: list[type[BaseException]] = [FileNotFoundError, NotADirectoryError, IsADirectoryError]
     for module, name in USER_ERRORS:
-        try:
-            types.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
+        error = getattr(sys.modules.get(module), name, None)
+        if error is not None:
+            types.append(error)
     return tuple(types)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other bad input (usage stays under ``--help``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"refdet: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _quiet_video_logs() -> None:
+    """OpenCV and FFmpeg write their own lines on stderr for a corrupt video; the one-line error says it."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_VIDEOIO_DEBUG", "0")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def _emit(obj: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
@@ -88,17 +112,17 @@ def cmd_cache_build(args: argparse.Namespace) -> None:
 
     overrides = dict(parse_override(c) for c in args.c)
     cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
-    stats = build_store(args.root, args.out, cfg)
+    stats = build_store(args.root, args.out, cfg, force=args.force)
     _emit(stats, args.json, lambda s: "\n".join(f"{k}: {v}" for k, v in s.items()))
 
 
 # ---------------------------------------------------------------- model
 def cmd_params(args: argparse.Namespace) -> None:
     from refdet_core.config import config_from_dict, load_config, parse_override
-    from refdet_core.models.params import param_summary
 
     overrides = dict(parse_override(c) for c in args.c)
     cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
+    from refdet_core.models.params import param_summary  # torch loads only once the config is known good
 
     def text(s: dict[str, Any]) -> str:
         rows = [[name, m["total"], m["trainable"], m["frozen"]] for name, m in s["modules"].items()]
@@ -136,15 +160,30 @@ def cmd_weights_convert(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train / predict / score
+def _check_params_file(path: str | None, notebooks: tuple[str, ...] | None = None) -> None:
+    """A bad params file fails here, before torch and the model code load."""
+    if path:
+        from refdet_core.notebook import params_file_config
+
+        params_file_config(path, notebooks=notebooks)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
+
+    _check_params_file(args.params, ("05_train_stage2",))
+    prepare_run_dir(Path(args.out or DEFAULT_RUN_DIR), force=args.force, clean=False)  # before torch loads
     from refdet_core.train.run import train_from_params
 
-    result = train_from_params(args.params, out_dir=args.out, resume=args.resume)
+    result = train_from_params(args.params, out_dir=args.out, resume=args.resume, force=args.force)
     if result is not None:
         print(json.dumps(result, default=float))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from refdet_core.eval.submission import check_submission_path
+
+    check_submission_path(args.out, force=args.force)  # before torch and the model load
     from refdet_core.eval.video import predict_to_submission
 
     summary = predict_to_submission(
@@ -157,6 +196,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         enter=args.enter,
         colour_check=False if args.no_colour_check else None,
         progress=not args.quiet,
+        partial=args.allow_truncated,
+        force=args.force,
     )
     print(json.dumps(summary, default=float))
 
@@ -169,7 +210,7 @@ def cmd_score(args: argparse.Namespace) -> None:
         rows.append(["mean", f"{s['mean_st_iou']:.4f}"])
         return _table(rows, ["video", "st_iou"])
 
-    _emit(score_files(args.gt, args.pred), args.json, text)
+    _emit(score_files(args.gt, args.pred, allow_missing=args.allow_missing), args.json, text)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -189,6 +230,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- speed
 def cmd_profile(args: argparse.Namespace) -> None:
+    _check_params_file(args.params)
     from refdet_core.speed.profiler import profile_from_params
 
     report = profile_from_params(args.params, steps=args.steps, warmup=args.warmup, trace=args.trace)
@@ -241,6 +283,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
         _emit(report, args.json, _inference_text)
         return
+    _check_params_file(args.params)
     from refdet_core.speed.bench import run_bench
 
     report = run_bench(
@@ -285,7 +328,7 @@ def _frame_size(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
+    p = _Parser(prog="refdet", description="YOLOv8n-RefDet: data, training, profiling, validation")
     p.add_argument("-v", "--verbose", action="store_true", help="log INFO messages to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -312,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("-p", "--params", help="params YAML (img_size, store_bg_share, store_format ...)")
     c.add_argument("-c", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    c.add_argument("--force", action="store_true", help="replace DIR even when it holds something else")
     c.set_defaults(func=cmd_cache_build)
 
     c = sub.add_parser("params", help="parameter breakdown per module")
@@ -336,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--params", required=True)
     c.add_argument("-o", "--out", default=None)
     c.add_argument("--resume", default=None, metavar="CKPT")
+    c.add_argument("--force", action="store_true", help="write into DIR even when it holds files of no run")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser(
@@ -366,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-colour-check", action="store_true", help="pick each frame's box by the detector's score alone")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.add_argument(
+        "--allow-truncated",
+        action="store_true",
+        help="a video that stops decoding early is a warning (the frames decoded are covered), not an error",
+    )
+    c.add_argument("--force", action="store_true", help="replace --out even when it is not a submission")
     c.set_defaults(func=cmd_predict)
 
     c = sub.add_parser(
@@ -383,13 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("score", help="ST-IoU of a submission against annotations")
     c.add_argument("--gt", required=True)
     c.add_argument("--pred", required=True)
+    c.add_argument("--allow-missing", action="store_true", help="score videos missing from --pred as empty (a warning)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_score)
 
     c = sub.add_parser("profile", help="per-component timing of a full training step")
     c.add_argument("-p", "--params", required=True)
     c.add_argument("--json", action="store_true")
-    c.add_argument("--steps", type=int, default=5)
+    c.add_argument("--steps", type=_positive, default=5)
     c.add_argument("--warmup", type=int, default=2)
     c.add_argument("--trace", default=None, help="write a torch.profiler trace to this file")
     c.set_defaults(func=cmd_profile)
@@ -397,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("bench", help="side-by-side training throughput of presets and options")
     c.add_argument("--preset", action="append", help="seed, fast, ... (repeatable)")
     c.add_argument("--option", action="append", help="registry option on top of seed (repeatable)")
-    c.add_argument("--episodes", type=int, default=4, help="measured episodes per repeat")
-    c.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default 3; 1 with --inference)")
+    c.add_argument("--episodes", type=_positive, default=4, help="measured episodes per repeat")
+    c.add_argument("--repeats", type=_positive, default=None, help="interleaved rounds (default 3; 1 with --inference)")
     c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes (--inference: a 06 file)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--inference", action="store_true", help="whole-video inference per backend instead of training")
@@ -407,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--ckpt", default=None, help=f"with --inference: checkpoint folder (default {DEMO_CKPT})")
     c.add_argument("--data", default=None, help="with --inference: challenge layout root (default data/demo)")
-    c.add_argument("--batch", type=int, default=8, help="with --inference: frames per forward pass")
+    c.add_argument("--batch", type=_positive, default=8, help="with --inference: frames per forward pass")
     c.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("run", help="run notebooks headless with papermill")
@@ -420,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_video_logs()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if os.environ.get("REFDET_DEBUG"):
         args.func(args)
@@ -431,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except _user_error_types() as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if isinstance(err, (FileNotFoundError, NotADirectoryError)) and getattr(err, "filename", None):
+        if isinstance(err, OSError) and getattr(err, "filename", None):
             msg = f"{Path(err.filename)}: {err.strerror or 'not found'}"
         print(f"refdet: error: {msg}", file=sys.stderr)
         return 2

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tempfile
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -186,6 +188,8 @@ def _coerce_scalar(value: Any, hint: type, where: str) -> Any:
     accepted, words = SCALARS[hint]
     if (isinstance(value, bool) and hint is not bool) or not isinstance(value, accepted):
         raise ConfigError(f"{where} must be {words}, got {value!r}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
     return float(value) if hint is float else value
 
 
@@ -282,6 +286,9 @@ def _validate(cfg: RefDetConfig, source: str) -> None:
     if len(cfg.model.proto_dims) != 4:
         raise ConfigError(f"{source}: key 'proto_dims' needs 4 values (P2..P5), got {list(cfg.model.proto_dims)}")
     d = cfg.data
+    for key in ("img_size", "frame_size"):
+        if getattr(d, key) % 32:
+            raise ConfigError(f"{source}: key '{key}' must be a multiple of 32 (the P5 stride), got {getattr(d, key)}")
     if d.frame_size and (d.frame_size < d.img_size or d.frame_size % 32):
         raise ConfigError(
             f"{source}: key 'frame_size' must be 0 or a multiple of 32 >= img_size {d.img_size}, got {d.frame_size}"
@@ -337,18 +344,65 @@ def config_items(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k in FIELD_SECTION or k in SECTIONS or k.split(".", 1)[0] in SECTIONS}
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error, and ``1e-3`` is a float
+    (YAML 1.1 wants ``1.0e-3``)."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values: duplicated keys raise, ``1e-3`` is a float."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}"
+    return str(err).strip().splitlines()[0]
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a file that is not a mapping raises ConfigError naming it."""
+    """Read a YAML mapping; a missing, unreadable or non-mapping file raises ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such params file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def require_data_root(data: dict[str, Any], source: str) -> None:
+    """A params file must say where its data is (a default relative to the working folder would pick any
+    ``data/demo`` that happens to be there)."""
+    nested = data.get("data")
+    if "data_root" in data or "data.data_root" in data or (isinstance(nested, dict) and "data_root" in nested):
+        return
+    raise ConfigError(f"{source}: key 'data_root' is not set (the challenge layout root)")
 
 
 def load_config(
@@ -370,7 +424,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), parse_yaml(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({_yaml_problem(err)})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -381,12 +438,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # named as destination.temp_prefix names it, so a killed writer's file is cleaned at the next start
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the result follows the umask as open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ live kernel, off under papermill".
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import platform
@@ -33,6 +34,9 @@ from refdet_core.config import (
     atomic_write_json,
     atomic_write_text,
     config_from_dict,
+    config_items,
+    read_yaml,
+    require_data_root,
 )
 from refdet_core.runner import project_root
 
@@ -71,6 +75,47 @@ def declared_params(notebook: str) -> list[str]:
 
     path = project_root() / "notebooks" / f"{notebook}.ipynb"
     return list(papermill.inspect_notebook(str(path)))
+
+
+def notebook_only_keys(notebooks: tuple[str, ...] | None = None) -> set[str]:
+    """Parameters of the numbered notebooks (default: all) that are no config key (``run_dir``, ``steps``, ...);
+    a params file may hold these besides config keys. Empty where the notebooks are not installed."""
+    from refdet_core.runner import NOTEBOOKS
+
+    keys: set[str] = set()
+    for name in notebooks or NOTEBOOKS:
+        path = project_root() / "notebooks" / f"{name}.ipynb"
+        if path.is_file():
+            keys.update(_parameters_cell_names(path))
+    return keys - FLAT_KEYS
+
+
+def _parameters_cell_names(path: Path) -> list[str]:
+    """Names assigned in the cell tagged ``parameters`` (what papermill injects over), read without papermill."""
+    cells = json.loads(path.read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        return []
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    names = []
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def params_file_config(path: str | Path, *, notebooks: tuple[str, ...] | None = None) -> RefDetConfig:
+    """The config of a params YAML, strictly: ``data_root`` must be set, parameters of ``notebooks`` (default:
+    all) are skipped, any other key that is no config key is an error naming it. Imports no model code, so
+    a bad file fails in well under a second."""
+    data = read_yaml(path)
+    require_data_root(data, str(path))
+    items = config_items(data)
+    extra = [k for k in data if k not in items]
+    unknown = [k for k in extra if k not in notebook_only_keys(notebooks)] if extra else []
+    if unknown:
+        raise ConfigError(f"{path}: unknown key '{unknown[0]}'")
+    return config_from_dict(items, source=str(path))
 
 
 @dataclass

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from refdet_core.data.demo_draw import (
     reference_image,
     rotate_crop,
 )
+from refdet_core.destination import clean_leftovers, make_temp_dir
 
 MARKER = "demo.json"  # marks a folder as a demo set, which write_demo may replace
 CANVAS = 2.2  # landscape size as a multiple of the frame size
@@ -371,8 +371,8 @@ def write_demo(
         "decoys": [looks[v] for v in ids if v not in val],  # validation instances appear in no training video
         "placed": {},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    clean_leftovers(out.parent, [out.name])
+    tmp = make_temp_dir(out.parent, out.name)
     try:
         entries = [
             _write_sample(tmp / "samples" / vid, vid, i, ctx)

@@ -151,8 +151,11 @@ def _check_image(path: Path) -> None:
         raise LayoutError(f"{path}: reference image is unreadable (corrupt, truncated or not an image)")
 
 
-def probe_video_file(path: Path) -> tuple[int, float, int, int]:
-    """(frames, fps, width, height) of a video; LayoutError when it is missing, corrupt or truncated."""
+def probe_video_file(path: Path, *, truncated_ok: bool = False) -> tuple[int, float, int, int]:
+    """(frames, fps, width, height) of a video; LayoutError when it is missing, corrupt or truncated.
+
+    ``truncated_ok``: a video whose last frames do not decode is a warning and ``frames`` is 0 (unknown).
+    """
     if not path.is_file():
         raise LayoutError(f"{path}: missing ({VIDEO_NAME} is required in every sample folder)")
     cap = cv2.VideoCapture(str(path))
@@ -169,7 +172,10 @@ def probe_video_file(path: Path) -> tuple[int, float, int, int]:
         height, width = frame.shape[:2]
         frames = _last_readable(cap, count)
         if frames == 0:
-            raise LayoutError(f"{path}: video is truncated (frame {count - 1} of {count} cannot be decoded)")
+            message = f"{path}: video is truncated (frame {count - 1} of {count} cannot be decoded)"
+            if not truncated_ok:
+                raise LayoutError(message)
+            log.warning("%s; using the frames that decode", message)
         if frames < count:
             log.warning("%s: container reports %d frames, %d decode; using %d", path, count, frames, frames)
     finally:
@@ -247,7 +253,7 @@ def _parse_box(where: str, box: Any) -> Box:
 def _attach_boxes(rec: VideoRecord, groups: list[list[Box]], ann_path: Path) -> None:
     """Check the boxes against the video (frame range, frame size), clip, and fill intervals/boxes_by_frame."""
     by_frame: dict[int, list[tuple[float, float, float, float]]] = {}
-    clipped = 0
+    clipped = repeated = 0
     for j, group in enumerate(groups):
         if not group:
             log.warning("%s: '%s' annotations[%d] has no boxes; skipped", ann_path, rec.video_id, j)
@@ -269,8 +275,14 @@ def _attach_boxes(rec: VideoRecord, groups: list[list[Box]], ann_path: Path) -> 
                     )
                 clipped += box != (x1, y1, x2, y2)
             kept.append((frame, *box))
-            by_frame.setdefault(frame, []).append(box)
+            same_frame = by_frame.setdefault(frame, [])
+            if box in same_frame:  # one object annotated twice (overlapping intervals) counts once
+                repeated += 1
+            else:
+                same_frame.append(box)
         rec.intervals.append(kept)
+    if repeated:
+        log.warning("%s: '%s' has %d boxes repeated on their frame; counted once", ann_path, rec.video_id, repeated)
     if clipped:
         log.warning("%s: '%s' has %d boxes reaching outside the frame; clipped", ann_path, rec.video_id, clipped)
     rec.boxes_by_frame = {f: np.asarray(b, dtype=np.float32).reshape(-1, 4) for f, b in sorted(by_frame.items())}
@@ -287,6 +299,8 @@ def read_layout(root: str | Path, *, probe_video: bool = True) -> Layout:
         raise LayoutError(f"{samples}: no such folder (expected <root>/samples/<video_id>/...)")
     folders = {p.name: p for p in sorted(samples.iterdir()) if p.is_dir() and not p.name.startswith(".")}
     ann_path = root / ANNOTATIONS
+    if ann_path.exists() and not ann_path.is_file():
+        raise LayoutError(f"{ann_path}: is not a file (a folder?); a test layout has no annotations.json at all")
     groups = _parse_annotations(ann_path) if ann_path.is_file() else None
     if groups is not None:
         missing = [v for v in groups if v not in folders]

@@ -7,8 +7,10 @@ On disk (``out_dir``)::
     <n>/<frame>.jpg     one JPEG per kept frame                                   (fmt="jpeg")
 
 A store is reused when the hash of its inputs (video path, size and mtime; the annotations; the video set)
-and settings (img_size, bg_share, fmt, version) matches, else rebuilt. A build is written to a temporary
-folder beside ``out_dir`` and renamed into place, so a failed build never touches the existing store.
+and settings (img_size, bg_share, fmt, version) matches and its files have the sizes the index records, else
+rebuilt. A build is written to a temporary folder beside ``out_dir`` and renamed into place, so a failed build
+never touches the existing store; what a killed build left there is removed at the next build. A folder that
+holds anything but a frame store is never replaced (``destination.check_destination``) unless forced.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,16 +32,27 @@ from tqdm.auto import tqdm
 from refdet_core.config import RefDetConfig, atomic_write_json
 from refdet_core.data.frames import Letterbox, iter_frames, letterbox, letterbox_params
 from refdet_core.data.lru import SharedFrameLRU
+from refdet_core.data.store_check import (
+    INDEX,
+    StoreError,
+    damaged_file,
+    is_store,
+    layout_inputs,
+    read_index,
+    store_foreign,
+)
+from refdet_core.destination import (
+    check_destination,
+    clean_leftovers,
+    make_temp_dir,
+    recover_old,
+    replace_dir,
+)
 
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
-INDEX = "index.json"
 JPEG_QUALITY = 95
-
-
-class StoreError(RuntimeError):
-    """A frame store that is missing, incomplete or asked for a frame it does not keep."""
 
 
 def select_frames(record: Any, bg_share: float) -> tuple[list[int], list[int]]:
@@ -100,18 +112,6 @@ def _write_video(rec: Any, keep: list[int], dest: Path, name: str, img_size: int
     return lb
 
 
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` with renames; the old store is removed only once the new one is in place."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.rmdir(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 class FrameStore:
     """Letterboxed uint8 frames of a set of videos, on disk, behind a shared byte-bounded LRU.
 
@@ -146,7 +146,11 @@ class FrameStore:
         path = Path(root) / INDEX
         if not path.is_file():
             raise StoreError(f"{root}: no frame store here (missing {INDEX})")
-        return cls(root, json.loads(path.read_text()), cache_mb=cache_mb, reused=True)
+        index = read_index(Path(root))
+        damage = damaged_file(Path(root), index)
+        if damage:
+            raise StoreError(f"{damage}; rebuild the frame store with `refdet cache build`")
+        return cls(root, index, cache_mb=cache_mb, reused=True)
 
     @classmethod
     def build(
@@ -160,26 +164,50 @@ class FrameStore:
         fmt: str = "npy",
         cache_mb: float = 512,
         progress: bool = True,
+        force: bool = False,
     ) -> FrameStore:
         """Open the store at ``out_dir`` when its key matches, else decode each video once and (re)write it.
 
-        ``video_ids`` defaults to every video of ``layout``.
+        ``video_ids`` defaults to every video of ``layout``. ``out_dir`` must be missing, empty or a frame store
+        (``DestinationError`` otherwise, naming it), unless ``force``; never the data root or a folder above it.
         """
         assert fmt in ("npy", "jpeg"), f"fmt must be 'npy' or 'jpeg', got {fmt!r}"
         assert 0.0 <= bg_share <= 1.0, f"bg_share must be in [0, 1], got {bg_share}"
         out_dir = Path(out_dir)
+        clean_leftovers(out_dir.parent, [out_dir.name])
+        recover_old(out_dir, is_store)
+        check_destination(
+            out_dir, what="frame store", foreign=store_foreign, force=force, protect=layout_inputs(layout)
+        )
         ids = list(layout.videos) if video_ids is None else list(video_ids)
         key = store_key(layout, ids, img_size=img_size, bg_share=bg_share, fmt=fmt)
-        if (out_dir / INDEX).is_file():
-            existing = json.loads((out_dir / INDEX).read_text())
-            if existing.get("key") == key:
-                log.info("frame store %s is up to date; reusing it", out_dir)
-                return cls(out_dir, existing, cache_mb=cache_mb, reused=True)
-            log.info("frame store %s is stale (inputs or settings changed); rebuilding", out_dir)
+        existing = cls._reusable(out_dir, key)
+        if existing is not None:
+            return cls(out_dir, existing, cache_mb=cache_mb, reused=True)
         index = cls._build_into(
             layout, ids, out_dir, key=key, img_size=img_size, bg_share=bg_share, fmt=fmt, progress=progress
         )
         return cls(out_dir, index, cache_mb=cache_mb, reused=False)
+
+    @staticmethod
+    def _reusable(out_dir: Path, key: str) -> dict | None:
+        """The index of the store at ``out_dir`` when it has ``key`` and every file it lists, else None."""
+        if not (out_dir / INDEX).is_file():
+            return None
+        try:
+            existing = read_index(out_dir)
+        except StoreError as err:
+            log.warning("%s; rebuilding the frame store", err)
+            return None
+        if existing.get("key") != key:
+            log.info("frame store %s is stale (inputs or settings changed); rebuilding", out_dir)
+            return None
+        damage = damaged_file(out_dir, existing)
+        if damage:
+            log.warning("%s; rebuilding the frame store", damage)
+            return None
+        log.info("frame store %s is up to date; reusing it", out_dir)
+        return existing
 
     @staticmethod
     def _build_into(
@@ -193,8 +221,7 @@ class FrameStore:
         fmt: str,
         progress: bool,
     ) -> dict:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        tmp = make_temp_dir(out_dir.parent, out_dir.name)
         t0 = time.perf_counter()
         videos: dict[str, dict] = {}
         try:
@@ -223,9 +250,10 @@ class FrameStore:
                 "videos": videos,
             }
             atomic_write_json(tmp / INDEX, index)
-            _swap_into_place(tmp, out_dir)
+            replace_dir(tmp, out_dir)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info("frame store %s: %d videos in %.1f s", out_dir, len(ids), index["seconds"])
         return index
@@ -235,7 +263,11 @@ class FrameStore:
         if self.fmt == "npy":
             mm = self._maps.get(video_id)
             if mm is None:
-                mm = self._maps[video_id] = np.load(self.root / entry["file"], mmap_mode="r")
+                path = self.root / entry["file"]
+                try:
+                    mm = self._maps[video_id] = np.load(path, mmap_mode="r")
+                except (OSError, ValueError) as err:  # a file truncated or removed after the store was opened
+                    raise StoreError(f"{path}: cannot read the frame store file ({err})") from None
             return np.array(mm[row])
         path = self.root / entry["file"] / f"{frame:07d}.jpg"
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -307,7 +339,12 @@ def default_store_dir(cfg: RefDetConfig, root: str | Path) -> Path:
 
 
 def store_from_config(
-    layout: Any, cfg: RefDetConfig, *, out_dir: str | Path | None = None, progress: bool = True
+    layout: Any,
+    cfg: RefDetConfig,
+    *,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
 ) -> FrameStore:
     """The frame store of ``cfg.data`` for ``layout`` (built, or reused when up to date)."""
     d = cfg.data
@@ -319,11 +356,16 @@ def store_from_config(
         fmt=d.store_format,
         cache_mb=d.cache_mb,
         progress=progress,
+        force=force,
     )
 
 
-def build_store(root: str | Path, out: str | Path | None, cfg: RefDetConfig, *, progress: bool = True) -> dict:
+def build_store(
+    root: str | Path, out: str | Path | None, cfg: RefDetConfig, *, progress: bool = True, force: bool = False
+) -> dict:
     """``refdet cache build ROOT --out DIR``: read the layout, build (or reuse) the store, return its stats.
+
+    ``force`` replaces whatever is at ``DIR`` (but never the data root or a folder holding it).
 
     Returns:
         ``{"videos", "frames", "annotated", "background", "bytes", "seconds", "reused", ...}``.
@@ -332,7 +374,7 @@ def build_store(root: str | Path, out: str | Path | None, cfg: RefDetConfig, *, 
 
     layout = read_layout(root)
     out_dir = Path(out) if out else default_store_dir(cfg, root)
-    store = store_from_config(layout, cfg, out_dir=out_dir, progress=progress)
+    store = store_from_config(layout, cfg, out_dir=out_dir, progress=progress, force=force)
     stats = store.stats()
     stats["out"] = str(out_dir)
     return stats

@@ -1,28 +1,33 @@
-"""Evaluation: ST-IoU and other metrics, the submission format, temporal post-processing, the baseline."""
+"""Evaluation: ST-IoU and other metrics, the submission format, temporal post-processing, the baseline.
 
-from refdet_core.eval.metrics import map50, presence_prf, st_iou, st_iou_video
-from refdet_core.eval.postprocess import PostprocessConfig, postprocess, postprocess_scored
-from refdet_core.eval.submission import (
-    AnnotationError,
-    SubmissionError,
-    read_annotations,
-    read_submission,
-    score_files,
-    write_submission,
-)
+Names load on first use, so reading a submission (``refdet score`` checking its input) does not import torch.
+"""
 
-__all__ = [
-    "AnnotationError",
-    "PostprocessConfig",
-    "SubmissionError",
-    "map50",
-    "postprocess",
-    "postprocess_scored",
-    "presence_prf",
-    "read_annotations",
-    "read_submission",
-    "score_files",
-    "st_iou",
-    "st_iou_video",
-    "write_submission",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "map50": "metrics",
+    "presence_prf": "metrics",
+    "st_iou": "metrics",
+    "st_iou_video": "metrics",
+    "PostprocessConfig": "postprocess",
+    "postprocess": "postprocess",
+    "postprocess_scored": "postprocess",
+    "AnnotationError": "submission",
+    "SubmissionError": "submission",
+    "read_annotations": "submission",
+    "read_submission": "submission",
+    "score_files": "submission",
+    "write_submission": "submission",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

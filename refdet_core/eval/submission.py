@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refdet_core.config import atomic_write_json
-from refdet_core.eval.metrics import GroundTruth, Track, map50, presence_prf, st_iou
+
+if TYPE_CHECKING:  # metrics imports torch: scoring loads it, reading and checking files does not
+    from refdet_core.eval.metrics import GroundTruth, Track
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ def _load_json(path: Path, error: type[ValueError]) -> object:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, expected a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
 
@@ -111,11 +117,18 @@ def read_annotations(path: str | Path) -> GroundTruth:
     path = Path(path)
     parsed = _parse_groups(path, _load_json(path, AnnotationError), "annotations", AnnotationError)
     gt: GroundTruth = {}
+    repeated = 0
     for vid, boxes in parsed.items():
         frames: dict[int, list] = {}
         for frame, box in boxes:
-            frames.setdefault(frame, []).append(box)
+            same = frames.setdefault(frame, [])
+            if box in same:  # the same box twice on a frame (overlapping intervals) is one object
+                repeated += 1
+                continue
+            same.append(box)
         gt[vid] = frames
+    if repeated:
+        log.warning("%s: %d boxes repeated on the same frame were counted once", path, repeated)
     return gt
 
 
@@ -191,8 +204,33 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def score_files(gt_path: str | Path, pred_path: str | Path) -> dict:
+def check_submission_path(path: str | Path, *, force: bool = False) -> None:
+    """Before inference: ``path`` can take a submission (a new file, or an older submission unless ``force``)."""
+    from refdet_core.destination import DestinationError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DestinationError(f"{path}: is a folder; --out names the submission JSON file to write")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise DestinationError(f"{existing}: cannot write the submission here (not a writable folder)")
+    if not path.exists() or force:
+        return
+    try:
+        data = json.loads(path.read_text())
+        ours = isinstance(data, list) and all(isinstance(e, dict) and "detections" in e for e in data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise DestinationError(f"{path}: exists and is not a submission; refusing to replace it (pass --force)")
+
+
+def score_files(gt_path: str | Path, pred_path: str | Path, *, allow_missing: bool = False) -> dict:
     """Score a submission file against an annotations file (what ``refdet score --json`` prints).
+
+    A ground-truth video missing from the submission is an error naming it, or with ``allow_missing`` a warning
+    (it scores as a video with no predictions).
 
     Returns:
         ``{"videos": {id: st_iou}, "mean_st_iou": x, "presence": {"precision", "recall", "f1", "tp", "fp", "fn"},
@@ -200,6 +238,14 @@ def score_files(gt_path: str | Path, pred_path: str | Path) -> dict:
     """
     gt = read_annotations(gt_path)
     pred = read_submission(pred_path, known_videos=gt)
+    missing = [vid for vid in gt if vid not in pred]
+    if missing:
+        what = f"{pred_path}: {len(missing)} of {len(gt)} videos missing ({', '.join(missing[:5])})"
+        if not allow_missing:
+            raise SubmissionError(f"{what}; pass --allow-missing to score them as no predictions")
+        log.warning("%s: scored as no predictions", what)
+    from refdet_core.eval.metrics import map50, presence_prf, st_iou
+
     result = st_iou(gt, pred)
     return {
         "videos": result["videos"],

@@ -435,19 +435,29 @@ def predict_to_submission(
     enter: float | None = None,
     colour_check: bool | None = None,
     progress: bool = True,
+    partial: bool = False,
+    force: bool = False,
 ) -> dict:
     """``refdet predict``: every video of ``data_root`` -> challenge submission at ``out_path`` (atomic).
 
     Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
     picks CUDA when available. The checkpoint's saved inference settings apply (``load_predictor``); ``enter``
     (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given.
+    picks CUDA when available. ``out_path`` and every video are checked before the model loads; a video that
+    stops decoding early is an error naming it (``partial``: a warning, its frames decoded are covered).
+    ``force`` replaces an ``out_path`` that is not a submission.
 
     Returns:
         ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "colour_check", "precision"}``.
     """
-    from refdet_core.eval.submission import write_submission
+    from refdet_core.data.layout import read_layout
+    from refdet_core.data.probe import check_decoded, expected_frames
+    from refdet_core.eval.submission import check_submission_path, write_submission
     from refdet_core.train.run import pick_device
 
+    check_submission_path(out_path, force=force)
+    layout = read_layout(data_root, probe_video=False)
+    expected = expected_frames(layout, sorted(layout.videos), partial=partial)
     predictor = load_predictor(ckpt, device=pick_device(device), batch=batch, precision=precision)
     if enter is not None:
         post = predictor.post
@@ -456,6 +466,8 @@ def predict_to_submission(
     if colour_check is not None:
         predictor.check = replace(predictor.check, enabled=bool(colour_check))
     results = predict_layout(data_root, predictor, progress=progress)
+    paths = {vid: layout.videos[vid].video_path for vid in results}
+    check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)
     write_submission(out_path, tracks(results), list(results))
     settings = {"postprocess": vars(predictor.post), "colour_check": vars(predictor.check)}
     return {**throughput(results), "out": str(out_path), **settings, "precision": predictor.precision}

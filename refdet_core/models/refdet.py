@@ -11,7 +11,7 @@ import logging
 import torch
 from torch import nn
 
-from refdet_core.config import ModelConfig
+from refdet_core.config import ConfigError, ModelConfig
 from refdet_core.models.backbone import YoloBackbone, load_ultralytics_state_dict, read_ultralytics_file, scale_channels
 from refdet_core.models.fusion import FUSION
 from refdet_core.models.head import HEAD_MODES, DualHead, HeadOutput
@@ -23,25 +23,25 @@ QUERY_STRIDE = 32  # the query size must be a multiple of the coarsest stride
 
 
 def validate_model_names(cfg: ModelConfig) -> None:
-    """Unknown encoder / fusion / head mode -> ValueError naming the valid choices (before any weights exist)."""
+    """Unknown encoder / fusion / head mode -> ConfigError naming the valid choices (before any weights exist)."""
     choices = {"encoder": (cfg.encoder, tuple(ENCODERS)), "fusion": (cfg.fusion, tuple(FUSION))}
     choices["head_mode"] = (cfg.head_mode, HEAD_MODES)
     for key, (value, valid) in choices.items():
         if value not in valid:
-            raise ValueError(f"unknown {key} {value!r}; choose one of {', '.join(valid)}")
+            raise ConfigError(f"key '{key}': unknown {key} {value!r}; choose one of {', '.join(valid)}")
     if len(cfg.proto_dims) != 4:
-        raise ValueError(f"proto_dims needs 4 values (P2..P5), got {list(cfg.proto_dims)}")
+        raise ConfigError(f"proto_dims needs 4 values (P2..P5), got {list(cfg.proto_dims)}")
     if cfg.encoder_patch not in (16, 32):
-        raise ValueError(f"encoder_patch {cfg.encoder_patch} not supported; choose 16 (native) or 32 (resampled)")
+        raise ConfigError(f"encoder_patch {cfg.encoder_patch} not supported; choose 16 (native) or 32 (resampled)")
 
 
 def validate_model_config(cfg: ModelConfig, *, img_size: int, support_size: int) -> None:
     """Names as ``validate_model_names``; sizes: query a multiple of 32, support a multiple of the patch."""
     validate_model_names(cfg)
     if img_size <= 0 or img_size % QUERY_STRIDE:
-        raise ValueError(f"img_size {img_size} must be a positive multiple of {QUERY_STRIDE} (the P5 stride)")
+        raise ConfigError(f"img_size {img_size} must be a positive multiple of {QUERY_STRIDE} (the P5 stride)")
     if support_size <= 0 or support_size % cfg.encoder_patch:
-        raise ValueError(
+        raise ConfigError(
             f"support_size {support_size} must be a positive multiple of the encoder patch {cfg.encoder_patch}"
         )
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from refdet_core.config import ConfigError
 from refdet_core.logs import warn_once
 from refdet_core.models.weights import EncoderWeights, encoder_variant, load_encoder_weights, read_encoder_weights
 
@@ -129,12 +130,15 @@ class SupportEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if name not in ENCODERS:
-            raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+            raise ConfigError(f"key 'encoder': unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
         kwargs = {"img_size": 256, **(encoder_kwargs or {})}
         path = weights or (cached_weights_path(name) if set(kwargs) <= SHAPE_KWARGS_SAFE else None)
         loaded = read_encoder_weights(path) if path and pretrained else None
         self.variant = encoder_variant(name, loaded) if loaded else name  # the timm model that holds the file
-        self.model = timm.create_model(self.variant, pretrained=False, num_classes=0, **kwargs)
+        try:
+            self.model = timm.create_model(self.variant, pretrained=False, num_classes=0, **kwargs)
+        except TypeError as err:  # an encoder_kwargs key the timm model does not take
+            raise ConfigError(f"key 'encoder_kwargs' {encoder_kwargs}: {err}") from None
         # pretrained=False: the weights come from elsewhere (a checkpoint), so nothing is read and nothing warned
         self.pretrained_source = self._load_weights(loaded) if pretrained else "not loaded"
         if patch != ENCODERS[name]:
@@ -142,7 +146,7 @@ class SupportEncoder(nn.Module):
         self.patch = patch
         depth = len(self.model.blocks)
         if not 0 <= trainable_blocks <= depth:
-            raise ValueError(f"trainable_blocks={trainable_blocks} must be in [0, {depth}] for {name}")
+            raise ConfigError(f"key 'trainable_blocks' is {trainable_blocks}, must be in [0, {depth}] for {name}")
         self.n_frozen = depth - trainable_blocks
         self.trainable_blocks = trainable_blocks
         self.model.requires_grad_(False)

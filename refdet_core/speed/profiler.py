@@ -10,6 +10,7 @@ is bracketed by ``torch.cuda.synchronize()``; the same code runs on CPU.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import statistics
 import time
@@ -20,7 +21,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from refdet_core.config import RefDetConfig, config_from_dict, config_items, read_yaml
+from refdet_core.config import RefDetConfig, config_from_dict, config_items
+from refdet_core.destination import check_file_destination
 from refdet_core.speed import memory
 
 logger = logging.getLogger(__name__)
@@ -177,16 +179,35 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
 
 
 def config_from_params(params: str | Path | dict[str, Any], *, source: str | None = None) -> RefDetConfig:
-    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped."""
-    data = read_yaml(params) if not isinstance(params, dict) else params
-    return config_from_dict(config_items(data), source=source or str(params))
+    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped.
+
+    A params file must set ``data_root``, and a key that is neither a config key nor a notebook parameter is an
+    error naming it, as in ``refdet train``.
+    """
+    if isinstance(params, dict):
+        return config_from_dict(config_items(params), source=source or "params")
+    from refdet_core.notebook import params_file_config
+
+    return params_file_config(params)
+
+
+def is_trace(path: Path) -> bool:
+    """A Chrome trace as ``export_chrome_trace`` writes it (a JSON object with ``traceEvents``)."""
+    try:
+        return "traceEvents" in json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        return False
 
 
 def profile_from_params(
     params: str | Path, *, steps: int = 5, warmup: int = 2, trace: str | Path | None = None
 ) -> dict[str, Any]:
-    """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``."""
+    """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``.
+
+    ``trace`` must be a new file or an older trace (never a file of something else)."""
     cfg = config_from_params(params)
+    if trace:
+        check_file_destination(trace, what="profiler trace", ours=is_trace)
     report = profile_step(cfg, steps=steps, warmup=warmup, trace=trace)
     report["params"] = str(params)
     return report

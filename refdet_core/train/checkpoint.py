@@ -9,9 +9,10 @@ interrupted run always leaves the last complete checkpoint intact.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from refdet_core.config import RefDetConfig, atomic_write_json, load_config
+from refdet_core.destination import file_mode, make_temp_dir, old_path, replace_dir
+from refdet_core.train.folders import CONFIG, META, STATE, WEIGHTS, is_complete, prepare_checkpoint_dir
 
-WEIGHTS = "model.safetensors"
-STATE = "state.pt"
-META = "meta.json"
-CONFIG = "config.yaml"
+STATE_KEYS = ("optimizer", "scheduler", "scaler", "rng", "trainer", "history")
 
 
 class CheckpointError(ValueError):
@@ -57,12 +57,21 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_checkpoint(
-    path: str | Path, *, model: nn.Module, cfg: RefDetConfig, meta: dict[str, Any], state: dict[str, Any] | None = None
+    path: str | Path,
+    *,
+    model: nn.Module,
+    cfg: RefDetConfig,
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write the checkpoint folder atomically (replacing an older one at ``path``)."""
+    """Write the checkpoint folder atomically (replacing an older checkpoint at ``path``).
+
+    Refuses (``DestinationError``) a ``path`` that holds anything but a checkpoint, unless ``force``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    prepare_checkpoint_dir(path, force=force)
+    tmp = make_temp_dir(path.parent, path.name)
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS))
@@ -70,14 +79,12 @@ def save_checkpoint(
         atomic_write_json(tmp / META, meta)
         if state is not None:
             torch.save(state, tmp / STATE)
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        for file in tmp.iterdir():  # safetensors writes 0600 whatever the umask
+            os.chmod(file, file_mode())
+        replace_dir(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
@@ -86,14 +93,24 @@ def _check_folder(path: Path) -> Path:
     if path.is_file() and path.name == WEIGHTS:
         path = path.parent
     if not path.is_dir():
-        old = path.with_name(f".{path.name}.old")
-        if old.is_dir():  # a crash between the two renames of save_checkpoint
+        old = old_path(path)
+        if is_complete(old):  # a crash between the two renames of save_checkpoint
             return old
         raise CheckpointError(f"{path}: no such checkpoint folder")
     for name in (WEIGHTS, CONFIG, META):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
     return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path / META}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / META}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RefDetConfig, dict[str, Any]]:
@@ -104,19 +121,31 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RefDetCo
     except Exception as err:  # safetensors raises several types for a corrupt file
         raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({err})") from None
     cfg = load_config(path / CONFIG)
-    meta = json.loads((path / META).read_text())
-    return weights, cfg, meta
+    return weights, cfg, _read_meta(path)
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:
     path = _check_folder(Path(path))
     if not (path / STATE).is_file():
         raise CheckpointError(f"{path}: no {STATE}, cannot resume from a weights-only checkpoint")
-    return torch.load(path / STATE, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, AttributeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path / STATE}: unreadable training state, truncated or corrupt ({first})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path / STATE}: not a training state (missing {missing[0]!r})")
+    return state
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
-    missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
+    """Load ``weights`` into ``model``; ``CheckpointError`` when they come from a model of another shape."""
+    try:
+        missing, unexpected = unwrap(model).load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # size mismatches: a checkpoint of another config
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err).splitlines()[0])
+        raise CheckpointError(f"{source}: weights do not fit the model, another config? ({detail})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{source}: weights do not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from refdet_core.config import FLAT_KEYS, ConfigError, RefDetConfig, atomic_write_json, config_from_dict, read_yaml
+from refdet_core.config import ConfigError, RefDetConfig, atomic_write_json
+from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,10 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
     if cfg.data.store_dir:
         index = Path(cfg.data.store_dir) / "index.json"
         if index.is_file():
-            built = json.loads(index.read_text()).get("img_size")
+            try:
+                built = json.loads(index.read_text()).get("img_size")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                built = None  # a damaged store is rebuilt
             size = cfg.data.full_frame_size
             if built is not None and built != size and cfg.data.loader == "store":
                 raise ConfigError(
@@ -75,6 +79,14 @@ def _shared_source(layout: Any, cfg: RefDetConfig, *, rank: int, world_size: int
     if world_size > 1 and rank == 0:
         dist.barrier()
     return source
+
+
+def check_lr_mult(cfg: RefDetConfig, model: torch.nn.Module, source: str) -> None:
+    """``lr_mult`` keys name top-level modules of the model; another name would silently do nothing."""
+    modules = [name for name, _ in model.named_children()]
+    unknown = sorted(set(cfg.train.lr_mult) - set(modules))
+    if unknown:
+        raise ConfigError(f"{source}: key 'lr_mult.{unknown[0]}' names no module (modules: {', '.join(modules)})")
 
 
 @dataclass
@@ -123,6 +135,7 @@ def build_training(
         layout, source, train_ids, cfg, train=True, base_classes=base_classes, rank=rank, world_size=world_size
     )
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or len(base_classes)).to(device)
+    check_lr_mult(cfg, model, source_name)
     memory.apply(cfg.speed.keep_memory)  # process-wide: the last training set up in a process decides
     if cfg.speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -165,14 +178,9 @@ def build_training(
 
 def _params_config(path: str | Path) -> RefDetConfig:
     """Config keys of a params YAML; other keys must be parameters of notebook 05 (e.g. ``run_dir``)."""
-    data = read_yaml(path)
-    try:
-        from refdet_core.notebook import declared_params
+    from refdet_core.notebook import params_file_config
 
-        notebook_keys = set(declared_params("05_train_stage2")) - FLAT_KEYS
-    except FileNotFoundError:
-        notebook_keys = set()
-    return config_from_dict({k: v for k, v in data.items() if k not in notebook_keys}, source=str(path))
+    return params_file_config(path, notebooks=("05_train_stage2",))
 
 
 def ranks_in_sync(model: torch.nn.Module) -> bool:
@@ -197,29 +205,34 @@ def train_from_params(
     out_dir: str | Path | None = None,
     resume: str | Path | None = None,
     callbacks: dict[str, list[Any]] | None = None,
+    force: bool = False,
 ) -> dict[str, Any] | None:
     """``refdet train``: train from a params YAML; under torchrun each rank runs this.
 
-    ``callbacks`` (event -> functions) are added to the trainer of every rank before training starts.
+    The run folder is written only once the settings, the data and the resume checkpoint are known to work.
+    ``force`` writes into a folder that holds files of no run. ``callbacks`` (event -> functions) are added to
+    the trainer of every rank before training starts.
     """
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
+    out = Path(out_dir or DEFAULT_RUN_DIR)
+    prepare_run_dir(out, force=force, clean=rank == 0)
     if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
-    out = Path(out_dir or Path("outputs") / "train")
     try:
         setup = build_training(
             cfg, out_dir=out, source_name=str(params), rank=rank, world_size=world_size, local_rank=local_rank
         )
+        setup.trainer.force_save = force
+        if resume:
+            setup.trainer.resume(resume)
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             cfg.save(out / "config.yaml")
         for event, fns in (callbacks or {}).items():
             for fn in fns:
                 setup.trainer.add_callback(event, fn)
-        if resume:
-            setup.trainer.resume(resume)
         history = setup.trainer.fit()
         result = {
             "out_dir": str(out),

@@ -37,6 +37,9 @@ from refdet_core.train.optim import AUTOCAST_DTYPES, make_optimizer, make_schedu
 logger = logging.getLogger(__name__)
 
 
+RUN_SETTINGS = ("initial_lr", "lr_mult", "weight_decay")  # optimizer group values taken from this run's config
+
+
 class TrainingStopped(RuntimeError):
     """Training stopped on purpose (e.g. too many non-finite steps in a row); the message says why."""
 
@@ -104,6 +107,7 @@ class Trainer:
         self.state = TrainState()
         self.callbacks: dict[str, list[Callback]] = defaultdict(list)
         self._reset_counters()
+        self.force_save = False  # replace a folder of other files at the checkpoint path (`refdet train --force`)
 
     # ------------------------------------------------------------------ hooks
     def add_callback(self, event: str, fn: Callback) -> None:
@@ -346,15 +350,22 @@ class Trainer:
             "history": self.state.history,
         }
         meta = {**self.meta, "epoch": self.state.epoch, "step": self.state.step, "precision": self.precision}
-        return ckpt.save_checkpoint(path, model=self.model, cfg=self.cfg, meta=meta, state=state)
+        return ckpt.save_checkpoint(path, model=self.model, cfg=self.cfg, meta=meta, state=state, force=self.force_save)
 
     def resume(self, path: str | Path) -> None:
         """Continue exactly where the checkpoint at ``path`` left off."""
         weights, _, _ = ckpt.read_checkpoint(path)
         state = ckpt.read_training_state(path)
         ckpt.load_weights(self.model, weights, source=str(path))
-        self.optimizer.load_state_dict(state["optimizer"])
+        configured = [{k: g[k] for k in RUN_SETTINGS if k in g} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # other parameter groups: trainable_blocks or lr_mult modules changed
+            raise ckpt.CheckpointError(
+                f"{path}: cannot resume, the trainable parameters differ from the checkpoint's ({err})"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_settings(configured, str(path))
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         if isinstance(self.loss_fn, nn.Module) and state.get("loss"):
@@ -368,3 +379,24 @@ class Trainer:
             bn_recalibrated=t.get("bn_recalibrated", False),
         )
         logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
+
+    def _apply_settings(self, configured: list[dict[str, float]], source: str) -> None:
+        """The optimizer state of a checkpoint carries its own lr, lr_mult and weight decay; this run's config
+        wins (logged when they differ), the schedule continues from the checkpoint's step."""
+        changed = []
+        for group, want in zip(self.optimizer.param_groups, configured):
+            for key, value in want.items():
+                if group.get(key) != value:
+                    changed.append(f"{group.get('module', '?')} {key} {group.get(key)} -> {value}")
+                    group[key] = value
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        step = self.scheduler.last_epoch
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(step)
+        if changed:
+            logger.warning(
+                "%s: optimizer settings differ from the checkpoint's; this run's apply from step %d: %s",
+                source,
+                step,
+                "; ".join(changed),
+            )
