@@ -9,7 +9,7 @@ box per frame, by the detector's score alone (``ColourCheck(enabled=False)``) or
     combined = (1 - model_weight) * colour ** power + model_weight * score
 
 Why: a detector trained on a few instances learns *their* looks; on instances it never saw its prototype
-scores do not separate the target from look-alike distractors (docs/results.md, sessions 3-4), while the
+scores do not separate the target from look-alike distractors (docs/results.md, Validation), while the
 detector's boxes still cover the objects in the frame. The colour match is parameter-free, so it does not
 memorise the training instances. It can be switched off, and 06 reports the detector alone beside it.
 """

@@ -152,7 +152,7 @@ SEED_OVERRIDES: dict[str, Any] = {
     "cache_mb": 512,
     "keep_memory": False,
 }
-# crop_window is lossy and in fast on the strength of a paired training run (docs/speed.md, session 6): 320 px
+# crop_window is lossy and in fast on the strength of a paired training run (docs/speed.md, crop_window): 320 px
 # windows of 640 px frames scored the validation videos as whole 640 px frames did, at 3.4x the training speed
 FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", "crop_window", "workers",
                "cache_sizes")  # fmt: skip
@@ -166,7 +166,7 @@ def fast_options(device: torch.device | str | None = None) -> list[str]:
     names = list(FAST_ALWAYS)
     if bf16_supported(device):
         names.append("bf16")
-    names.append("channels_last")  # oneDNN's NHWC convolutions: 1.2x on this project's 2-core CPU (docs/speed.md)
+    names.append("channels_last")  # oneDNN's NHWC convolutions; measure with `refdet bench --option channels_last`
     if device.type == "cpu":
         names.append("keep_memory")  # the CUDA caching allocator already keeps GPU memory
     names.append("fused_adamw")
