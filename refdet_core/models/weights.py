@@ -107,7 +107,16 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        IndexError,
+        KeyError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    ) as err:
         raise WeightsError(f"{path}: not a readable weights file ({short_reason(err)})") from err
     return unwrap_state_dict(obj, path)
 

@@ -37,7 +37,16 @@ def prepare_checkpoint_dir(path: str | Path, *, force: bool = False) -> None:
     check_destination(path, what="checkpoint folder", foreign=checkpoint_foreign, force=force)
 
 
-RUN_FILES = ("config.yaml", "history.csv", "train_result.json", "checkpoint", "params.yaml", "metrics.json")
+RUN_FILES = (
+    "config.yaml",
+    "history.csv",
+    "train_result.json",
+    "checkpoint",
+    "params.yaml",
+    "metrics.json",
+    "train.log",
+    "train_params.yaml",
+)  # the last two: 05 training in a subprocess (train/launch.py)
 
 
 # besides RUN_FILES: TensorBoard events, a crashed save's copy, and what notebook 05 adds to its run folder
