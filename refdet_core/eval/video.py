@@ -41,6 +41,7 @@ from refdet_core.eval.candidates import (
 )
 from refdet_core.eval.metrics import GroundTruth, ScoredTrack, st_iou
 from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
+from refdet_core.speed import memory
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +292,7 @@ class VideoPredictor:
         the process grew by about one native frame per frame (measured on a 1280x720 video; none without it).
         """
         video_id = video_id or Path(video_path).parent.name
+        memory.stream_frames()  # RSS stays flat however long the video (speed/memory.py says why)
         t0 = time.perf_counter()
         self.set_references(reference_paths)
         frames, parts = [], []

@@ -75,3 +75,23 @@ def apply(keep: bool) -> bool:
 def state() -> bool | None:
     """The last setting applied: True (keep), False (released), None (glibc untouched)."""
     return _state[0]
+
+
+STREAM_MMAP_THRESHOLD = 1 << 20  # bytes: a decoded 1280x720 BGR frame (2.6 MiB) is above it
+
+
+def stream_frames() -> bool:
+    """Allocator settings for whole-video inference: every block of 1 MiB or more is its own mapping.
+
+    With glibc's dynamic threshold, a freed decoded frame raises the threshold, so the next frames come from the
+    heap; the small arrays kept per batch (each frame's candidates) are then carved out of the freed frames' space,
+    no later frame fits the holes, and the heap grows by about a frame per frame (9 GB over 4,700 frames of a
+    1280x720 video, measured with ``benchmarks/long_video_memory.py``). A fixed threshold keeps RSS flat for the
+    cost of mapping each frame anew. Returns whether it took effect; a later ``apply`` sets training's state.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    ok = libc.mallopt(M_MMAP_MAX, 65536) == 1 and libc.mallopt(M_MMAP_THRESHOLD, STREAM_MMAP_THRESHOLD) == 1
+    _state[0] = False  # not KEEP: a later apply(True) sets KEEP again
+    return ok
