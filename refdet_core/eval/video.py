@@ -17,6 +17,7 @@ Post-processing thresholds, the candidate selection and the precision come from 
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from refdet_core.config import atomic_write_json
 from refdet_core.data.frames import Letterbox, VideoError, letterbox, read_image_rgb
 from refdet_core.eval.candidates import (
     Candidates,
@@ -114,22 +116,11 @@ def frame_batches(
     """Decode a video front to back -> ``(frames (b, S, S, 3) uint8 RGB, Letterbox, first index, (W, H) native)``.
 
     Every frame is kept; b = ``batch`` except for the last batch. Raises VideoError for a video that cannot be
-    opened (here, at the call) or yields no frame.
-
-    The capture is opened in the calling thread even when the frames are read in ``prefetch``'s reader thread:
-    opened inside the reader after another capture of the file (the layout probe), OpenCV's decoder grew the
-    process by about one native frame per frame (6 GB over 4,000 frames of a 1280x720 video); opened here, it
-    stays flat.
+    opened or yields no frame.
     """
     cap = cv2.VideoCapture(str(video_path))
     if not cap.isOpened():
         raise VideoError(f"{video_path}: cannot open video")
-    return _read_batches(cap, video_path, img_size, batch)
-
-
-def _read_batches(
-    cap: cv2.VideoCapture, video_path: str | Path, img_size: int, batch: int
-) -> Iterator[tuple[np.ndarray, Letterbox, int, tuple[int, int]]]:
     index, buf, lb, size = 0, [], None, (0, 0)
     try:
         while True:
@@ -287,9 +278,8 @@ class VideoPredictor:
     ) -> VideoResult:
         """Every frame of ``video_path`` -> VideoResult (per-frame best box in native px, post-processed track).
 
-        ``frames_hint``: the video's frame count for the progress bar (0: a bar without a total). The count is
-        never read by opening the video a second time beside the reader: with a second capture of the same file
-        the process grew by about one native frame per frame (measured on a 1280x720 video; none without it).
+        ``frames_hint``: the video's frame count for the progress bar (0: a bar without a total), known from the
+        layout probe, so the file is not opened a second time to count it.
         """
         video_id = video_id or Path(video_path).parent.name
         memory.stream_frames()  # RSS stays flat however long the video (speed/memory.py says why)
@@ -331,8 +321,6 @@ def save_inference(
     """Write the post-processing, candidate selection and precision chosen for a checkpoint beside its weights
     (``inference.json``), so that ``refdet predict`` applies them. ``notes`` (e.g. what they were chosen on)
     are kept for the reader. A new checkpoint save replaces the folder, and with it these settings."""
-    from refdet_core.config import atomic_write_json
-
     path = Path(ckpt_dir) / INFERENCE_FILE
     atomic_write_json(path, {"postprocess": vars(post), "colour_check": vars(check), "precision": precision, **notes})
     return path
@@ -340,8 +328,6 @@ def save_inference(
 
 def inference_settings(ckpt_dir: str | Path, meta: Mapping) -> dict:
     """``{"postprocess": {...}, "colour_check": {...}, "precision"?: str}`` of a checkpoint folder."""
-    import json
-
     path = Path(ckpt_dir) / INFERENCE_FILE
     if path.is_file():
         try:
@@ -458,10 +444,10 @@ def predict_to_submission(
 
     Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
     picks CUDA when available. The checkpoint's saved inference settings apply (``load_predictor``); ``enter``
-    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given.
-    picks CUDA when available. ``out_path`` and every video are checked before the model loads; a video that
-    stops decoding early is an error naming it (``partial``: a warning, its frames decoded are covered).
-    ``force`` replaces an ``out_path`` that is not a submission.
+    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given. ``out_path``
+    and every video are checked before the model loads; a video that stops decoding early is an error naming it
+    (``partial``: a warning, its frames decoded are covered). ``force`` replaces an ``out_path`` that is not a
+    submission.
 
     Returns:
         ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "colour_check", "precision"}``.

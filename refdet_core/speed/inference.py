@@ -37,7 +37,7 @@ class OnnxPredictor(VideoPredictor):
     """A VideoPredictor whose model runs in onnxruntime: ``support.onnx`` once per video, ``query.onnx`` per batch
     with the prototypes as inputs; candidates, colour check and post-processing are the torch predictor's."""
 
-    def __init__(self, base: VideoPredictor, onnx_dir: str | Path, *, threads: int = 0) -> None:
+    def __init__(self, base: VideoPredictor, support: Path, query: Path, *, threads: int = 0) -> None:
         import onnxruntime as ort
 
         from refdet_core.eval.export import proto_names
@@ -48,9 +48,7 @@ class OnnxPredictor(VideoPredictor):
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         providers = ["CPUExecutionProvider"]
-        folder = Path(onnx_dir)
-        query = folder / "query.int8.onnx" if (folder / "query.int8.onnx").is_file() else folder / "query.onnx"
-        self.support_session = ort.InferenceSession(str(folder / "support.onnx"), opts, providers=providers)
+        self.support_session = ort.InferenceSession(str(support), opts, providers=providers)
         self.query_session = ort.InferenceSession(str(query), opts, providers=providers)
         self.names = proto_names(base.model)
         self.protos: dict[str, np.ndarray] = {}
@@ -90,17 +88,17 @@ def make_predictors(ckpt: str | Path, backends: Sequence[str], *, batch: int, wo
 
         raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
     out: dict[str, VideoPredictor] = {}
+    graphs: dict[str, Path] = {}  # exported once, shared by the onnxruntime backends
     for name in backends:
         precision = "bf16" if name == "torch-bf16" else "fp32"
         base = load_predictor(ckpt, batch=batch, precision=precision)
         if name.startswith("onnxruntime"):
-            from refdet_core.eval.export import export_onnx
+            if not graphs:
+                from refdet_core.eval.export import export_onnx
 
-            folder = work / name
-            export_onnx(ckpt, folder)
-            if name.endswith("int8"):
-                quantize_query(folder)
-            base = OnnxPredictor(base, folder)
+                graphs = export_onnx(ckpt, work / "onnx")
+            query = quantize_query(work / "onnx") if name.endswith("int8") else graphs["query"]
+            base = OnnxPredictor(base, graphs["support"], query)
         out[name] = base
     return out
 

@@ -106,7 +106,8 @@ class Trainer:
         self.device_skip = bool(self.optimizer.defaults.get("fused")) and not self.scaler.is_enabled()
         self.state = TrainState()
         self.callbacks: dict[str, list[Callback]] = defaultdict(list)
-        self._reset_counters()
+        # skips counted on the device: since the last host read, the current run, the longest run since then
+        self._skips = torch.zeros(3, device=device)
         self.force_save = False  # replace a folder of other files at the checkpoint path (`refdet train --force`)
 
     # ------------------------------------------------------------------ hooks
@@ -190,10 +191,6 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ device-side counters
-    def _reset_counters(self) -> None:
-        """Skips counted on the device: since the last host read, the current run, the longest run since then."""
-        self._skips = torch.zeros(3, device=self.device)
-
     def _count_bad(self, bad: torch.Tensor) -> None:
         total, run, worst = self._skips.unbind()
         run = (run + 1) * bad  # the run of non-finite steps restarts at 0 after a good step
