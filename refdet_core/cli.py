@@ -26,7 +26,7 @@ USER_ERRORS = (
     ("refdet_core.data.store", "StoreError"),
     ("refdet_core.eval.submission", "SubmissionError"),
     ("refdet_core.eval.submission", "AnnotationError"),
-    ("refdet_core.train.checkpoint", "CheckpointError"),
+    ("refdet_core.checkpoint", "CheckpointError"),
     ("refdet_core.train.trainer", "TrainingStopped"),
     ("refdet_core.runner", "NotebookError"),
     ("refdet_core.speed.options", "OptionError"),
@@ -108,7 +108,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 def cmd_cache_build(args: argparse.Namespace) -> None:
     from refdet_core.config import config_from_dict, load_config, parse_override
-    from refdet_core.data.frames import build_store
+    from refdet_core.data.store import build_store
 
     overrides = dict(parse_override(c) for c in args.c)
     cfg = load_config(args.params, overrides) if args.params else config_from_dict(overrides, source="-c")
@@ -160,22 +160,26 @@ def cmd_weights_convert(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train / predict / score
+DEFAULT_RUN_DIR = Path("outputs") / "train"  # refdet train without -o
+
+
 def _check_params_file(path: str | None, notebooks: tuple[str, ...] | None = None) -> None:
     """A bad params file fails here, before torch and the model code load."""
     if path:
-        from refdet_core.notebook import params_file_config
+        from refdet_core.config import params_file_config
 
         params_file_config(path, notebooks=notebooks)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
+    from refdet_core.folders import prepare_run_dir
 
     _check_params_file(args.params, ("05_train_stage2",))
-    prepare_run_dir(Path(args.out or DEFAULT_RUN_DIR), force=args.force, clean=False)  # before torch loads
+    out = Path(args.out or DEFAULT_RUN_DIR)
+    prepare_run_dir(out, force=args.force, clean=False)  # before torch loads
     from refdet_core.train.run import train_from_params
 
-    result = train_from_params(args.params, out_dir=args.out, resume=args.resume, force=args.force)
+    result = train_from_params(args.params, out_dir=out, resume=args.resume, force=args.force)
     if result is not None:
         print(json.dumps(result, default=float))
 
@@ -273,6 +277,17 @@ def _inference_text(r: dict[str, Any]) -> str:
     )
 
 
+def _bench_inputs(params: str | None) -> tuple[Path | None, list[Path]]:
+    """(params file, 04 metrics files) of a training bench: ``-p``, else the demo profile's 04 params file
+    (else the bench's own demo sizes); the accuracy of lossy options from 04's full, then demo run."""
+    from refdet_core.runner import project_root
+
+    root = project_root()
+    default = root / "params" / "demo" / "04_optimize.yaml"
+    chosen = Path(params) if params else (default if default.is_file() else None)
+    return chosen, [root / "outputs" / profile / "04_optimize" / "metrics.json" for profile in ("full", "demo")]
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.inference:
         from refdet_core.speed.inference import run_inference_bench
@@ -283,7 +298,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
         _emit(report, args.json, _inference_text)
         return
-    _check_params_file(args.params)
+    params, accuracy_files = _bench_inputs(args.params)
+    _check_params_file(params)
     from refdet_core.speed.bench import run_bench
 
     report = run_bench(
@@ -291,7 +307,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         options=args.option or [],
         episodes=args.episodes,
         repeats=args.repeats or 3,
-        params=args.params,
+        params=params,
+        accuracy_files=accuracy_files,
     )
 
     def text(r: dict[str, Any]) -> str:

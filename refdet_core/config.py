@@ -9,17 +9,16 @@ names the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import re
-import tempfile
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from refdet_core.io import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -123,7 +122,7 @@ class SpeedConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the query path (static episode shapes)
     fused_adamw: bool = True  # one fused AdamW kernel (CPU and CUDA); it also skips non-finite steps on the device
-    keep_memory: bool = False  # glibc mallopt: freed memory stays mapped for the next step (speed/memory.py)
+    keep_memory: bool = False  # glibc mallopt: freed memory stays mapped for the next step (refdet_core/memory.py)
     support_cache: bool = True  # persistent cache of frozen support features per reference image and variant
     support_variants: int = 6  # reference variants kept in the support cache (joint colours: 6 = every permutation)
 
@@ -339,9 +338,97 @@ def config_from_dict(
     return cfg
 
 
-def config_items(d: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``d`` that are config keys (flat, dotted or whole sections); others (``run_dir``) dropped."""
-    return {k: v for k, v in d.items() if k in FIELD_SECTION or k in SECTIONS or k.split(".", 1)[0] in SECTIONS}
+# Parameters of the numbered notebooks that are no config key. A params file of a notebook may hold them besides
+# config keys (``refdet train`` / ``profile`` / ``bench`` read the same files); any other key is an error.
+# tests/test_notebooks.py checks these against the notebooks' parameters cells.
+NOTEBOOK_KEYS: dict[str, frozenset[str]] = {
+    "01_data_cache": frozenset(
+        {"run_dir", "demo_if_missing", "demo_videos", "demo_frames", "read_samples", "sim_epochs", "interactive"}
+    ),
+    "02_model_params": frozenset({"run_dir", "time_batch", "time_repeats", "variants"}),
+    "03_profile": frozenset(
+        {
+            "run_dir",
+            "threads",
+            "presets",
+            "steps",
+            "warmup",
+            "scale_preset",
+            "scale_n_way",
+            "scale_n_query",
+            "scale_img_size",
+            "scale_steps",
+            "trace",
+        }
+    ),  # fmt: skip
+    "04_optimize": frozenset(
+        {
+            "run_dir",
+            "threads",
+            "options",
+            "bench_episodes",
+            "bench_repeats",
+            "table_options",
+            "table_episodes",
+            "table_repeats",
+            "table_warmup",
+            "accuracy_options",
+            "accuracy_episodes",
+            "accuracy_val_episodes",
+            "accuracy_st_iou",
+            "interactive",
+        }
+    ),  # fmt: skip
+    "05_train_stage2": frozenset({"run_dir", "fast_params", "live_plot", "train_in", "nproc"}),
+    "06_validate": frozenset(
+        {
+            "run_dir",
+            "split",
+            "batch",
+            "enter",
+            "leave",
+            "max_gap",
+            "smooth",
+            "min_len",
+            "use_hysteresis",
+            "use_gap_fill",
+            "use_smoothing",
+            "use_min_len",
+            "colour_check",
+            "candidates",
+            "colour_power",
+            "model_weight",
+            "tune_enter",
+            "baseline",
+            "baseline_stride",
+            "show_frames",
+        }
+    ),  # fmt: skip
+}
+
+
+def _is_config_key(key: str) -> bool:
+    return key in FIELD_SECTION or key in SECTIONS or key.split(".", 1)[0] in SECTIONS
+
+
+def config_from_params(
+    params: dict[str, Any],
+    *,
+    source: str,
+    notebooks: tuple[str, ...] | None = None,
+    base: RefDetConfig | None = None,
+) -> RefDetConfig:
+    """The config of a params mapping (a params file, a notebook's parameters), on top of ``base``.
+
+    Config keys (flat, nested or dotted) set the config; parameters of ``notebooks`` (default: every notebook,
+    ``NOTEBOOK_KEYS``) are skipped; any other key raises ``ConfigError`` naming it and ``source``.
+    """
+    allowed = set().union(*(NOTEBOOK_KEYS[n] for n in (NOTEBOOK_KEYS if notebooks is None else notebooks)))
+    unknown = [k for k in params if not _is_config_key(k) and k not in allowed]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key '{unknown[0]}'")
+    items = {k: v for k, v in params.items() if _is_config_key(k)}
+    return config_from_dict(items, source=source, base=base)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -406,17 +493,22 @@ def require_data_root(data: dict[str, Any], source: str) -> None:
 
 
 def load_config(
-    path: str | Path, overrides: dict[str, Any] | None = None, *, ignore: tuple[str, ...] = ()
+    path: str | Path, overrides: dict[str, Any] | None = None, *, notebooks: tuple[str, ...] = ()
 ) -> RefDetConfig:
-    """Load a params YAML (nested or flat keys), then apply ``overrides``.
-
-    Keys listed in ``ignore`` (notebook-only parameters such as ``run_dir``) are skipped.
-    """
-    data = {k: v for k, v in read_yaml(path).items() if k not in ignore}
-    cfg = config_from_dict(data, source=str(path))
+    """Load a config YAML (nested or flat keys), then apply ``overrides``; parameters of ``notebooks`` (none by
+    default: a resolved ``config.yaml`` holds config keys only) are skipped (``config_from_params``)."""
+    cfg = config_from_params(read_yaml(path), source=str(path), notebooks=notebooks)
     if overrides:
         cfg = config_from_dict(overrides, source="overrides", base=cfg)
     return cfg
+
+
+def params_file_config(path: str | Path, *, notebooks: tuple[str, ...] | None = None) -> RefDetConfig:
+    """The config of a params YAML, strictly (``config_from_params``), and ``data_root`` must be set. Imports no
+    model code, so a bad file fails in well under a second."""
+    data = read_yaml(path)
+    require_data_root(data, str(path))
+    return config_from_params(data, source=str(path), notebooks=notebooks)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -428,31 +520,3 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key.strip(), parse_yaml(value)
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{text}': value is not valid YAML ({_yaml_problem(err)})") from None
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text to ``path`` through a temporary file in the same folder and a rename."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # named as destination.temp_prefix names it, so a killed writer's file is cleaned at the next start
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; the result follows the umask as open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

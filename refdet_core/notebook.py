@@ -14,7 +14,6 @@ live kernel, off under papermill".
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import platform
@@ -27,17 +26,8 @@ from typing import Any
 
 import yaml
 
-from refdet_core.config import (
-    FLAT_KEYS,
-    ConfigError,
-    RefDetConfig,
-    atomic_write_json,
-    atomic_write_text,
-    config_from_dict,
-    config_items,
-    read_yaml,
-    require_data_root,
-)
+from refdet_core.config import ConfigError, RefDetConfig, config_from_params, read_yaml
+from refdet_core.io import atomic_write_json, atomic_write_text
 from refdet_core.runner import project_root
 
 logger = logging.getLogger(__name__)
@@ -75,47 +65,6 @@ def declared_params(notebook: str) -> list[str]:
 
     path = project_root() / "notebooks" / f"{notebook}.ipynb"
     return list(papermill.inspect_notebook(str(path)))
-
-
-def notebook_only_keys(notebooks: tuple[str, ...] | None = None) -> set[str]:
-    """Parameters of the numbered notebooks (default: all) that are no config key (``run_dir``, ``steps``, ...);
-    a params file may hold these besides config keys. Empty where the notebooks are not installed."""
-    from refdet_core.runner import NOTEBOOKS
-
-    keys: set[str] = set()
-    for name in notebooks or NOTEBOOKS:
-        path = project_root() / "notebooks" / f"{name}.ipynb"
-        if path.is_file():
-            keys.update(_parameters_cell_names(path))
-    return keys - FLAT_KEYS
-
-
-def _parameters_cell_names(path: Path) -> list[str]:
-    """Names assigned in the cell tagged ``parameters`` (what papermill injects over), read without papermill."""
-    cells = json.loads(path.read_text())["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        return []
-    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-    names = []
-    for node in ast.parse(source).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        names += [t.id for t in targets if isinstance(t, ast.Name)]
-    return names
-
-
-def params_file_config(path: str | Path, *, notebooks: tuple[str, ...] | None = None) -> RefDetConfig:
-    """The config of a params YAML, strictly: ``data_root`` must be set, parameters of ``notebooks`` (default:
-    all) are skipped, any other key that is no config key is an error naming it. Imports no model code, so
-    a bad file fails in well under a second."""
-    data = read_yaml(path)
-    require_data_root(data, str(path))
-    items = config_items(data)
-    extra = [k for k in data if k not in items]
-    unknown = [k for k in extra if k not in notebook_only_keys(notebooks)] if extra else []
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{unknown[0]}'")
-    return config_from_dict(items, source=str(path))
 
 
 @dataclass
@@ -251,13 +200,20 @@ def start_run(notebook: str, namespace: dict[str, Any], *, needs: Sequence[tuple
 
     Path parameters are resolved against the project root and auto switches decided, and both are written
     back into ``namespace``; ``needs`` are paths under ``run_dir`` an earlier notebook wrote (e.g.
-    ``("05_train_stage2", "checkpoint")``). Nothing is created before these inputs are checked.
+    ``("05_train_stage2", "checkpoint")``). Nothing is created before these inputs are checked. A
+    ``fast_params`` file (04's snippet) goes on top of the parameters; the run folder's ``params.yaml`` holds
+    the parameters with its values, and ``config.yaml`` is the one resolved config they give.
     """
     show_logs_in_cells()
     params = _resolved_params(notebook, namespace)
-    cfg = config_from_dict({k: v for k, v in params.items() if k in FLAT_KEYS}, source=f"parameters of {notebook}")
+    cfg = config_from_params(params, source=f"parameters of {notebook}", notebooks=(notebook,))
     check_inputs(notebook, params, needs)
     namespace.update(params)
+    if params.get("fast_params"):
+        snippet = read_yaml(params["fast_params"])
+        cfg = config_from_params(snippet, source=params["fast_params"], notebooks=(), base=cfg)
+        namespace.update({k: v for k, v in snippet.items() if k in params})
+        params = {**params, **snippet}
     out = Path(params["run_dir"]) / notebook
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "params.yaml", yaml.safe_dump(params, sort_keys=False))

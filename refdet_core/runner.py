@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from refdet_core.config import atomic_write_text, read_yaml
+from refdet_core.config import read_yaml
+from refdet_core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

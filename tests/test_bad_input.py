@@ -90,6 +90,7 @@ def _write_params(ws: Path, good: dict) -> None:
     (p / "latin1.yaml").write_bytes("data_root: caf\xe9\n".encode("latin-1"))
     (p / "list.yaml").write_text("- 1\n- 2\n")
     _write_yaml(p / "profile_unknown.yaml", {**good, "stepz": 2})
+    _write_yaml(p / "key_of_04.yaml", {**good, "bench_episodes": 2})  # a parameter of notebook 04, not of 05
 
 
 def _write_json_files(ws: Path) -> None:
@@ -224,6 +225,13 @@ CASES = [
     ("bench-episodes-0", ["bench", "--episodes", "0"], "--episodes"),
     ("bench-repeats-x", ["bench", "--repeats", "x"], "--repeats"),
     ("bench-unknown-key", ["bench", "-p", _p("unknown.yaml"), "--episodes", "1"], "epochz"),
+    (
+        "bench-unknown-key-names-file",
+        ["bench", "-p", _p("profile_unknown.yaml")],
+        "profile_unknown.yaml: unknown key 'stepz'",
+    ),
+    ("profile-unknown-key-names-file", ["profile", "-p", _p("unknown.yaml")], "unknown.yaml: unknown key 'epochz'"),
+    ("train-key-of-another-notebook", ["train", "-p", _p("key_of_04.yaml"), "-o", _w("r2")], "key 'bench_episodes'"),
     ("bench-unknown-preset", ["bench", "-p", _p("good.yaml"), "--preset", "warp", "--episodes", "1"], "warp"),
     ("run-unknown-notebook", ["run", "99_nope", "-o", _w("r3")], "99_nope"),
     ("run-unknown-profile", ["run", "--profile", "huge"], "huge"),

@@ -1,14 +1,8 @@
 import pytest
 import yaml
 
-from refdet_core.config import (
-    ConfigError,
-    RefDetConfig,
-    atomic_write_text,
-    config_from_dict,
-    load_config,
-    parse_override,
-)
+from refdet_core.config import ConfigError, RefDetConfig, config_from_dict, load_config, parse_override
+from refdet_core.io import atomic_write_text
 
 
 def test_flat_nested_and_dotted_keys_agree():
@@ -62,10 +56,12 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(bad)
 
 
-def test_overrides_and_ignore(tmp_path):
+def test_overrides_and_notebook_keys(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("run_dir: outputs/x\nimg_size: 320\n")
-    cfg = load_config(path, {"img_size": 256}, ignore=("run_dir",))
+    with pytest.raises(ConfigError, match="p.yaml: unknown key 'run_dir'"):
+        load_config(path)
+    cfg = load_config(path, {"img_size": 256}, notebooks=("05_train_stage2",))
     assert cfg.data.img_size == 256
     assert parse_override("proto_dims=[8,16,32,64]") == ("proto_dims", [8, 16, 32, 64])
     with pytest.raises(ConfigError):

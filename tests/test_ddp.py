@@ -20,8 +20,8 @@ import yaml
 from safetensors.torch import load_file
 from test_trainer import TINY
 
+from refdet_core.checkpoint import read_training_state
 from refdet_core.config import config_from_dict
-from refdet_core.train.checkpoint import read_training_state
 from refdet_core.train.run import build_training
 
 LOSS_RTOL = 2e-4  # float sums in another order (all-reduce vs accumulation); measured 1.6e-5 over 4 Adam steps

@@ -17,8 +17,8 @@ from refdet_core.data.episodes import (
     make_loader,
     make_sampler,
 )
-from refdet_core.data.frames import FrameStore
 from refdet_core.data.layout import read_layout
+from refdet_core.data.store import FrameStore
 
 SIZE, SUPPORT = 96, 64
 

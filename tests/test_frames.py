@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from refdet_core.config import config_from_dict
 from refdet_core.data import store as store_mod
-from refdet_core.data.frames import FrameStore, Letterbox, SeekReader, letterbox, time_reads
+from refdet_core.data.frames import Letterbox, SeekReader, letterbox, time_reads
 from refdet_core.data.layout import read_layout
 from refdet_core.data.lru import SharedFrameLRU
-from refdet_core.data.store import build_store, select_frames
+from refdet_core.data.store import FrameStore, build_store, select_frames
 
 SIZE = 96  # small store frames keep the tests fast
 

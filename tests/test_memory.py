@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from refdet_core.speed import memory
+from refdet_core import memory
 
 SCRIPT = """
 import ctypes, json, resource
-from refdet_core.speed import memory
+from refdet_core import memory
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

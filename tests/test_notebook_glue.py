@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from refdet_core import notebook
-from refdet_core.config import ConfigError, config_from_dict
+from refdet_core.config import ConfigError, config_from_dict, config_from_params
 from refdet_core.notebook import NotebookRun, start_run
 from refdet_core.speed import choice
 from refdet_core.speed import options as registry
@@ -62,6 +62,29 @@ def test_earlier_notebook_output_is_checked(demo_root, tmp_path):
     with pytest.raises(ConfigError, match=r"05_train_stage2/checkpoint is missing \(run 05_train_stage2 first"):
         start_run("06_validate", ns, needs=[("05_train_stage2", "checkpoint")])
     assert not (tmp_path / "06_validate").exists()
+
+
+def test_fast_params_go_on_top_and_the_run_folder_holds_one_resolved_config(demo_root, tmp_path):
+    snippet = tmp_path / "fast_params.yaml"
+    snippet.write_text(yaml.safe_dump({"precision": "fp32", "compile": True, "num_workers": 1}))
+    ns = _namespace("05_train_stage2", run_dir=str(tmp_path), data_root=str(demo_root), fast_params=str(snippet))
+    run = start_run("05_train_stage2", ns)
+    assert run.cfg.speed.precision == "fp32" and run.cfg.speed.compile and run.cfg.data.num_workers == 1
+    assert ns["precision"] == "fp32" and ns["num_workers"] == 1 and "compile" not in ns  # the cell's names only
+    params = yaml.safe_load((run.out / "params.yaml").read_text())
+    written = yaml.safe_load((run.out / "config.yaml").read_text())
+    assert params["fast_params"] == str(snippet) and params["compile"] is True
+    assert config_from_params(params, source="params.yaml", notebooks=("05_train_stage2",)).to_dict() == written
+    snippet.write_text(yaml.safe_dump({"precison": "fp32"}))
+    with pytest.raises(ConfigError, match="fast_params.yaml: unknown key 'precison'"):
+        start_run("05_train_stage2", ns)
+
+
+def test_a_parameter_that_is_no_config_key_must_be_declared(demo_root, tmp_path):
+    ns = _namespace("04_optimize", run_dir=str(tmp_path), data_root=str(demo_root))
+    with pytest.raises(ConfigError, match="parameters of 05_train_stage2: unknown key 'threads'"):
+        config_from_params(ns, source="parameters of 05_train_stage2", notebooks=("05_train_stage2",))
+    assert config_from_params(ns, source="04", notebooks=("04_optimize",)).data.img_size == ns["img_size"]
 
 
 def test_auto_switch_is_off_outside_a_live_kernel_and_explicit_values_win(demo_root, tmp_path):

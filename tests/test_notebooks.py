@@ -8,6 +8,7 @@ import papermill
 import pytest
 import yaml
 
+from refdet_core.config import FLAT_KEYS, NOTEBOOK_KEYS
 from refdet_core.runner import NOTEBOOKS, PROFILES, NotebookError, run_notebooks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,13 @@ def test_params_files_match_parameters_cell(name, profile):
     declared = papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
     keys = set(yaml.safe_load(path.read_text()) or {})
     assert keys <= set(declared), f"{path}: keys not in the parameters cell: {sorted(keys - set(declared))}"
+
+
+def test_notebook_keys_are_the_parameters_that_are_no_config_key():
+    assert set(NOTEBOOK_KEYS) == set(NOTEBOOKS)
+    for name in PRESENT:
+        declared = set(papermill.inspect_notebook(str(NB_DIR / f"{name}.ipynb")))
+        assert NOTEBOOK_KEYS[name] == declared - FLAT_KEYS, f"config.NOTEBOOK_KEYS[{name!r}] != its parameters cell"
 
 
 def test_unknown_params_key_is_named(tmp_path, monkeypatch):

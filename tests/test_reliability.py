@@ -21,14 +21,16 @@ import pytest
 import torch
 from test_bad_input import tree_digest
 
+from refdet_core.checkpoint import read_checkpoint
 from refdet_core.cli import main
-from refdet_core.config import atomic_write_json, config_from_dict
+from refdet_core.config import config_from_dict
 from refdet_core.data.layout import read_layout
 from refdet_core.data.probe import check_decoded
 from refdet_core.data.store import FrameStore, StoreError, build_store
 from refdet_core.destination import DestinationError, clean_leftovers, old_path
+from refdet_core.io import atomic_write_json
 from refdet_core.models.refdet import RefDet
-from refdet_core.train.checkpoint import read_checkpoint, save_checkpoint
+from refdet_core.train.checkpoint import save_checkpoint
 
 SIZE = 64
 TINY_MODEL = {
@@ -326,7 +328,7 @@ def test_a_corrupt_store_index_is_rebuilt_or_named(demo_root, tmp_path, capsys):
 
 
 def test_a_run_folder_start_cleans_what_killed_runs_left(tmp_path):
-    from refdet_core.train.folders import prepare_run_dir
+    from refdet_core.folders import prepare_run_dir
 
     dead = 2**22 + 12345
     run = tmp_path / "run"

@@ -6,13 +6,14 @@ import pytest
 import torch
 import yaml
 
-from refdet_core.config import RefDetConfig, config_from_dict
+from refdet_core.config import ConfigError, RefDetConfig, config_from_dict
 from refdet_core.models.params import param_summary
 from refdet_core.models.refdet import validate_model_config
 from refdet_core.speed import guard
 from refdet_core.speed.bench import run_bench
 from refdet_core.speed.options import OPTIONS, OptionError, apply_options, entry_config, fast_options, preset_config
-from refdet_core.speed.profiler import COMPONENTS, build_setup, profile_step, timed_step
+from refdet_core.speed.profiler import COMPONENTS, profile_step, timed_step
+from refdet_core.speed.setup import build_setup
 
 TINY = {
     "img_size": 64,
@@ -158,6 +159,17 @@ def test_support_cache_equals_reencoding_when_frozen(base):
     assert b.model.support_feature_cache.hits >= 1
 
 
+def test_bench_and_profile_refuse_an_unknown_params_key(base, tmp_path):
+    from refdet_core.speed.profiler import profile_from_params
+
+    params = tmp_path / "typo.yaml"
+    params.write_text(yaml.safe_dump({**base.flat(), "run_dir": "ignored", "episodez": 3}))
+    with pytest.raises(ConfigError, match="typo.yaml: unknown key 'episodez'"):
+        run_bench(["seed"], [], episodes=1, repeats=1, params=params)
+    with pytest.raises(ConfigError, match="typo.yaml: unknown key 'episodez'"):
+        profile_from_params(params, steps=1, warmup=0)
+
+
 def test_bench_json_shape(base, tmp_path):
     params = tmp_path / "bench.yaml"
     params.write_text(yaml.safe_dump({**base.flat(), "run_dir": "ignored"}))
@@ -174,10 +186,10 @@ def test_bench_json_shape(base, tmp_path):
 
 
 def test_prefill_is_shared_between_matching_setups_only(base):
-    from refdet_core.speed import bench
+    from refdet_core.speed import setup
 
-    bench._PREFILLED.clear()  # earlier tests of this module prefilled the same setup
-    prefill_support_cache = bench.prefill_support_cache
+    setup._PREFILLED.clear()  # earlier tests of this module prefilled the same setup
+    prefill_support_cache = setup.prefill_support_cache
     cfg = preset_config("fast", base)
     first, second = build_setup(cfg), build_setup(cfg)  # same seed: same encoder weights
     assert prefill_support_cache(first) > 0

@@ -10,13 +10,13 @@ import torch
 import yaml
 from torchvision.ops import box_iou
 
+from refdet_core.checkpoint import read_checkpoint
 from refdet_core.config import ConfigError, config_from_dict
 from refdet_core.data.episodes import load_fixed_episode, make_source
 from refdet_core.data.layout import read_layout
 from refdet_core.losses.combined import CombinedLoss
 from refdet_core.models.head import dfl_decode
 from refdet_core.models.refdet import RefDet
-from refdet_core.train.checkpoint import read_checkpoint
 from refdet_core.train.optim import lr_factor, param_groups
 from refdet_core.train.run import build_training, train_from_params
 from refdet_core.train.trainer import Trainer, TrainingStopped

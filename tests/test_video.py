@@ -11,6 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from refdet_core.checkpoint import CheckpointError
 from refdet_core.cli import main
 from refdet_core.config import config_from_dict
 from refdet_core.data.frames import VideoError, letterbox, read_image_rgb
@@ -32,7 +33,7 @@ from refdet_core.eval.video import (
 )
 from refdet_core.models.head import dfl_decode
 from refdet_core.models.refdet import RefDet
-from refdet_core.train.checkpoint import CheckpointError, save_checkpoint
+from refdet_core.train.checkpoint import save_checkpoint
 
 TINY = {
     "img_size": 64,

@@ -290,9 +290,9 @@ def test_converted_file_that_does_not_fit_is_refused(tmp_path: Path, capsys: pyt
 def test_checkpoint_of_a_qkvb_encoder_loads_without_its_weights_file(demo_root: Path, tmp_path: Path) -> None:
     """A run trained from Meta's file (q/v biases: the _qkvb variant) gives a checkpoint that predict and export
     rebuild as that variant, without the weights file (gone, or on another machine)."""
+    from refdet_core.checkpoint import model_from_checkpoint
     from refdet_core.config import config_from_dict
     from refdet_core.eval.video import load_predictor
-    from refdet_core.train.checkpoint import model_from_checkpoint
     from refdet_core.train.run import build_training
 
     weights = tmp_path / "meta.pth"

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from refdet_core.config import atomic_write_bytes, atomic_write_json
 from refdet_core.data.demo_draw import (
     KINDS,
     PALETTE,
@@ -38,6 +37,7 @@ from refdet_core.data.demo_draw import (
     rotate_crop,
 )
 from refdet_core.destination import clean_leftovers, make_temp_dir
+from refdet_core.io import atomic_write_bytes, atomic_write_json
 
 MARKER = "demo.json"  # marks a folder as a demo set, which write_demo may replace
 CANVAS = 2.2  # landscape size as a multiple of the frame size

@@ -24,6 +24,7 @@ from refdet_core.config import RefDetConfig
 from refdet_core.data.augment import QueryAugConfig, SupportAugConfig, augment_query, augment_support, mix_seed
 from refdet_core.data.frames import FrameSource, SeekReader, letterbox, read_image_rgb
 from refdet_core.data.sampler import EpisodeSampler, EpisodeSpec, frame_pools
+from refdet_core.data.store import store_from_config
 
 __all__ = [
     "EpisodeBatch",
@@ -298,7 +299,6 @@ def make_source(layout: Any, cfg: RefDetConfig, *, progress: bool = False) -> Fr
     d = cfg.data
     if d.loader == "seek":
         return SeekReader(layout, d.full_frame_size)
-    from refdet_core.data.store import store_from_config
 
     return store_from_config(layout, cfg, progress=progress)
 

@@ -1,7 +1,6 @@
 """Video frames: letterboxing, sequential decoding, the seek-per-sample reader and read timing.
 
-The frame store itself (decode once, keep letterboxed frames, LRU in front) is in ``data/store.py`` and is
-re-exported here as ``FrameStore`` and ``build_store``.
+The frame store itself (decode once, keep letterboxed frames, LRU in front) is in ``data/store.py``.
 """
 
 from __future__ import annotations
@@ -163,11 +162,3 @@ def time_reads(source: FrameSource, samples: Sequence[tuple[str, int]], repeat: 
         "max_ms": max(times),
         "per_sample_ms": times,
     }
-
-
-def __getattr__(name: str) -> Any:  # FrameStore lives in store.py, which imports this module
-    if name in ("FrameStore", "build_store", "StoreError"):
-        from refdet_core.data import store
-
-        return getattr(store, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,6 +18,7 @@ from torch.utils.data import Sampler
 
 from refdet_core.data.augment import mix_seed
 from refdet_core.data.frames import FrameSource
+from refdet_core.data.store import select_frames
 
 Pools = Mapping[str, tuple[Sequence[int], Sequence[int]]]  # video_id -> (annotated frames, background frames)
 
@@ -142,6 +143,5 @@ def frame_pools(layout: Any, source: FrameSource, video_ids: Sequence[str], bg_s
     a store with ``bg_share`` would keep (so seek and store runs sample alike)."""
     if hasattr(source, "annotated"):
         return {v: (source.annotated(v), source.background(v)) for v in video_ids}
-    from refdet_core.data.store import select_frames
 
     return {v: select_frames(layout.videos[v], bg_share) for v in video_ids}

@@ -29,8 +29,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from refdet_core.config import RefDetConfig, atomic_write_json
+from refdet_core.config import RefDetConfig
 from refdet_core.data.frames import Letterbox, iter_frames, letterbox, letterbox_params
+from refdet_core.data.layout import read_layout
 from refdet_core.data.lru import SharedFrameLRU
 from refdet_core.data.store_check import (
     INDEX,
@@ -48,6 +49,7 @@ from refdet_core.destination import (
     recover_old,
     replace_dir,
 )
+from refdet_core.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +372,6 @@ def build_store(
     Returns:
         ``{"videos", "frames", "annotated", "background", "bytes", "seconds", "reused", ...}``.
     """
-    from refdet_core.data.layout import read_layout
-
     layout = read_layout(root)
     out_dir = Path(out) if out else default_store_dir(cfg, root)
     store = store_from_config(layout, cfg, out_dir=out_dir, progress=progress, force=force)

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from refdet_core.config import atomic_write_json
+from refdet_core.checkpoint import model_from_checkpoint
+from refdet_core.io import atomic_write_json
 from refdet_core.models.refdet import RefDet
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,6 @@ def _load(ckpt_or_model: str | Path | RefDet, img_size: int | None, support_size
     if isinstance(ckpt_or_model, RefDet):
         assert img_size and support_size, "img_size and support_size are needed when exporting a model object"
         return frozen_copy(ckpt_or_model), img_size, support_size, k_shot or 3
-    from refdet_core.train.checkpoint import model_from_checkpoint
 
     model, cfg, _ = model_from_checkpoint(ckpt_or_model)
     size = img_size or cfg.data.full_frame_size

@@ -18,7 +18,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from refdet_core.config import atomic_write_json
+from refdet_core.destination import DestinationError
+from refdet_core.io import atomic_write_json
 
 if TYPE_CHECKING:  # metrics imports torch: scoring loads it, reading and checking files does not
     from refdet_core.eval.metrics import GroundTruth, Track
@@ -206,8 +207,6 @@ def _finite_or_none(x: float) -> float | None:
 
 def check_submission_path(path: str | Path, *, force: bool = False) -> None:
     """Before inference: ``path`` can take a submission (a new file, or an older submission unless ``force``)."""
-    from refdet_core.destination import DestinationError
-
     path = Path(path)
     if path.is_dir():
         raise DestinationError(f"{path}: is a folder; --out names the submission JSON file to write")
@@ -244,7 +243,7 @@ def score_files(gt_path: str | Path, pred_path: str | Path, *, allow_missing: bo
         if not allow_missing:
             raise SubmissionError(f"{what}; pass --allow-missing to score them as no predictions")
         log.warning("%s: scored as no predictions", what)
-    from refdet_core.eval.metrics import map50, presence_prf, st_iou
+    from refdet_core.eval.metrics import map50, presence_prf, st_iou  # torch loads only once the files are good
 
     result = st_iou(gt, pred)
     return {

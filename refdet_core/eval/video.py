@@ -32,8 +32,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from refdet_core.config import atomic_write_json
+from refdet_core import memory
+from refdet_core.checkpoint import model_from_checkpoint
 from refdet_core.data.frames import Letterbox, VideoError, letterbox, read_image_rgb
+from refdet_core.data.layout import LayoutError, read_layout
+from refdet_core.data.probe import check_decoded, expected_frames
+from refdet_core.device import pick_device
 from refdet_core.eval.candidates import (
     Candidates,
     ColourCheck,
@@ -41,9 +45,10 @@ from refdet_core.eval.candidates import (
     reference_histograms,
     top_candidates,
 )
-from refdet_core.eval.metrics import GroundTruth, ScoredTrack, st_iou
+from refdet_core.eval.metrics import GroundTruth, ScoredTrack, map50, presence_prf, st_iou
 from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
-from refdet_core.speed import memory
+from refdet_core.eval.submission import check_submission_path, write_submission
+from refdet_core.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +360,6 @@ def load_predictor(
     ``inference.json``, else ``meta.json``), else the PostprocessConfig / ColourCheck defaults and fp32.
     Raises CheckpointError (one line) for a missing or incomplete checkpoint.
     """
-    from refdet_core.train.checkpoint import model_from_checkpoint
-
     model, cfg, meta = model_from_checkpoint(ckpt_dir)
     saved = inference_settings(ckpt_dir, meta)
     post = PostprocessConfig(**saved["postprocess"]) if post is None else post
@@ -396,8 +399,6 @@ def predict_layout(
     Returns:
         ``{video_id: VideoResult}`` for ``video_ids`` (default: every video of the layout, sorted).
     """
-    from refdet_core.data.layout import LayoutError, read_layout
-
     layout = read_layout(root, probe_video=False)
     ids = sorted(layout.videos) if video_ids is None else list(video_ids)
     unknown = [v for v in ids if v not in layout.videos]
@@ -452,11 +453,6 @@ def predict_to_submission(
     Returns:
         ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "colour_check", "precision"}``.
     """
-    from refdet_core.data.layout import read_layout
-    from refdet_core.data.probe import check_decoded, expected_frames
-    from refdet_core.eval.submission import check_submission_path, write_submission
-    from refdet_core.train.run import pick_device
-
     check_submission_path(out_path, force=force)
     layout = read_layout(data_root, probe_video=False)
     expected = expected_frames(layout, sorted(layout.videos), partial=partial)
@@ -547,8 +543,6 @@ def evaluate(results: Mapping[str, VideoResult], gt: GroundTruth) -> dict:
         ``{"videos": {id: st_iou}, "mean_st_iou", "presence": {precision, recall, f1, tp, fp, fn}, "map50"
         (the tracks, with scores), "map50_raw" (every frame's best box, threshold-free)}``.
     """
-    from refdet_core.eval.metrics import map50, presence_prf
-
     sub_gt = {vid: gt.get(vid, {}) for vid in results}
     out = st_iou(sub_gt, tracks(results))
     return {

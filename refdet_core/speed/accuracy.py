@@ -15,7 +15,11 @@ from typing import Any
 import torch
 
 from refdet_core.config import RefDetConfig, config_from_dict
+from refdet_core.data.episodes import load_fixed_episode
+from refdet_core.eval.postprocess import PostprocessConfig
+from refdet_core.eval.video import VideoPredictor, evaluate, layout_ground_truth
 from refdet_core.speed.options import OPTIONS, fast_options, preset_config, whole_frames
+from refdet_core.speed.setup import build_setup, prefill_support_cache, support_prototypes
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +39,6 @@ def val_loss(setup: Any, episodes: int) -> float:
     The episodes show whole frames at the whole-frame size, as inference does, whatever the training query
     (a ``crop_window`` setup trains on windows): so the losses of runs with and without it compare.
     """
-    from refdet_core.data.episodes import load_fixed_episode
-    from refdet_core.speed.profiler import support_prototypes
-
     model, trainer = setup.model, setup.trainer
     model.eval()
     ids = setup.val_ids or setup.train_ids
@@ -54,13 +55,8 @@ def val_loss(setup: Any, episodes: int) -> float:
     return statistics.fmean(losses)
 
 
-def video_st_iou(setup: Any) -> float | None:
-    """Mean ST-IoU of the model on the validation videos, or None when the video inference is not available."""
-    try:
-        from refdet_core.eval.postprocess import PostprocessConfig
-        from refdet_core.eval.video import VideoPredictor, evaluate, layout_ground_truth
-    except ImportError:
-        return None
+def video_st_iou(setup: Any) -> float:
+    """Mean ST-IoU of the model on the validation videos (whole-video inference)."""
     cfg = setup.cfg
     predictor = VideoPredictor(
         setup.model, img_size=cfg.data.full_frame_size, support_size=cfg.data.support_size, post=PostprocessConfig(),
@@ -75,9 +71,6 @@ def video_st_iou(setup: Any) -> float | None:
 
 def short_training(cfg: RefDetConfig, *, episodes: int, val_episodes: int, st_iou: bool) -> dict[str, Any]:
     """Train ``episodes`` episodes (one epoch) from the config's seed; validation loss (and ST-IoU)."""
-    from refdet_core.speed.bench import prefill_support_cache
-    from refdet_core.speed.profiler import build_setup
-
     cfg = config_from_dict({"episodes_per_epoch": episodes, "epochs": 1, "warmup_steps": 2}, base=cfg)
     setup = build_setup(cfg)
     prefill_support_cache(setup)

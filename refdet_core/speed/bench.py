@@ -16,18 +16,18 @@ import logging
 import os
 import statistics
 import time
-from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from refdet_core.config import RefDetConfig
-from refdet_core.speed import memory
+from refdet_core import memory
+from refdet_core.config import RefDetConfig, config_from_params, params_file_config
 from refdet_core.speed.guard import run_guard
-from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, entry_config, fast_options
-from refdet_core.speed.profiler import build_setup, config_from_params, endless
+from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, cpu_cores, entry_config, fast_options
+from refdet_core.speed.setup import build_setup, endless, prefill_support_cache
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,8 @@ DEMO_BASE = {"data_root": "data/demo", "img_size": 320, "store_bg_share": 0.5, "
 
 
 def base_config(params: str | Path | None) -> RefDetConfig:
-    """Data root and sizes: a params YAML (config keys only), else the demo profile's (data/demo at 320 px)."""
-    from refdet_core.runner import project_root
-
-    if params is None:
-        default = project_root() / "params" / "demo" / "04_optimize.yaml"
-        return config_from_params(default) if default.is_file() else config_from_params(DEMO_BASE, source="demo")
-    return config_from_params(params)
+    """Data root and sizes: a params YAML (config keys and notebook parameters), else ``DEMO_BASE``."""
+    return config_from_params(DEMO_BASE, source="demo") if params is None else params_file_config(params)
 
 
 def entry_names(presets: list[str], options: list[str]) -> list[str]:
@@ -57,42 +52,6 @@ def entry_names(presets: list[str], options: list[str]) -> list[str]:
     names = list(dict.fromkeys([*presets, *(f"seed+{o}" for o in options)]))
     assert names, "nothing to bench: give at least one preset or option"
     return names
-
-
-_PREFILLED: OrderedDict[tuple, dict[tuple[str, int], torch.Tensor]] = OrderedDict()  # the last prefills
-_PREFILL_KEEP = 2
-
-
-def prefill_support_cache(setup: Any) -> float:
-    """Encode every (training video, support variant) into the support-feature cache; returns seconds.
-
-    A training run does this once (like building the frame store); without it the first episodes pay the misses.
-    Setups of one process whose encoders, references and variants match (the scaling points of 03, the
-    entries of 04) reuse the last prefills instead of encoding again (0 s returned).
-    """
-    cache = getattr(setup.model, "support_feature_cache", None)
-    if cache is None:
-        return 0.0
-    dataset = setup.trainer.loader.dataset
-    variants = range(max(setup.cfg.speed.support_variants, 1)) if dataset.augment else range(1)
-    d = setup.cfg.data
-    key = (cache.fingerprint(), d.data_root, d.support_size, d.k_shot, tuple(setup.train_ids), tuple(variants),
-           str(setup.trainer.device))  # fmt: skip
-    if key in _PREFILLED:
-        cache.adopt(_PREFILLED[key])
-        _PREFILLED.move_to_end(key)
-        return 0.0
-    start = time.perf_counter()
-    with torch.no_grad():
-        for vid in setup.train_ids:
-            for v in variants:
-                support = dataset.support_images(vid, v).to(setup.trainer.device)
-                cache.tokens(support, [vid], [v])
-    cache.hits = cache.misses = 0  # the report counts lookups of training steps only
-    _PREFILLED[key] = dict(cache.entries)
-    while len(_PREFILLED) > _PREFILL_KEEP:
-        _PREFILLED.popitem(last=False)
-    return time.perf_counter() - start
 
 
 def _sync(setup: Any) -> None:
@@ -171,13 +130,11 @@ def _entry_report(name: str, entry: dict[str, Any], episodes: int) -> dict[str, 
     }
 
 
-def _accuracy_from_04(names: list[str]) -> dict[str, Any]:
-    """Accuracy change of lossy options from notebook 04's metrics (demo or full run), when present."""
-    from refdet_core.runner import project_root
-
+def accuracy_from(names: list[str], metrics_files: Sequence[str | Path]) -> dict[str, Any]:
+    """Accuracy change of lossy options as notebook 04 measured it: the ``accuracy`` entries of the first of
+    ``metrics_files`` (04's ``metrics.json`` files) that has each option; files that do not exist are skipped."""
     out: dict[str, Any] = {}
-    for profile in ("full", "demo"):
-        path = project_root() / "outputs" / profile / "04_optimize" / "metrics.json"
+    for path in map(Path, metrics_files):
         if path.is_file():
             acc = json.loads(path.read_text()).get("accuracy", {})
             for name in names:
@@ -197,8 +154,12 @@ def run_bench(
     *,
     warmup: int = 1,
     guard: bool = True,
+    accuracy_files: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Bench presets and ``seed+<option>`` entries side by side; see the module docstring.
+
+    ``params``: the params YAML of the data root and sizes (default ``DEMO_BASE``); ``accuracy_files``: 04's
+    ``metrics.json`` files that the accuracy change of lossy entries is read from (first match wins).
 
     Returns:
         ``{"presets": {name: {"episodes_per_s", "epoch_s_projected", ...}}, "speedup": {name: ratio_to_seed},
@@ -222,7 +183,7 @@ def run_bench(
         else {},
         "projection": _projection(base),
         "guard": run_guard([o for o in involved if OPTIONS[o].exactness != "lossy"], base) if guard else {},
-        "accuracy": _accuracy_from_04([o for o in involved if OPTIONS[o].exactness == "lossy"]),
+        "accuracy": accuracy_from([o for o in involved if OPTIONS[o].exactness == "lossy"], accuracy_files),
         "fast_options": fast_options(device),
         "machine": machine_info(device, load_before),
         "episodes": episodes,
@@ -258,8 +219,6 @@ def _projection(base: RefDetConfig) -> dict[str, Any]:
 
 
 def machine_info(device: torch.device, load_before: tuple[float, float, float]) -> dict[str, Any]:
-    from refdet_core.speed.options import cpu_cores
-
     cpu = "unknown"
     if Path("/proc/cpuinfo").is_file():
         lines = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from refdet_core import viz
-from refdet_core.config import atomic_write_text
+from refdet_core.io import atomic_write_text
 from refdet_core.speed import options as registry
 from refdet_core.speed.bench import run_bench
 

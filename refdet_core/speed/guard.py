@@ -19,7 +19,11 @@ from typing import Any
 import torch
 
 from refdet_core.config import RefDetConfig
+from refdet_core.data.episodes import load_fixed_episode, make_loader, make_source
+from refdet_core.data.layout import read_layout
 from refdet_core.speed.options import OPTIONS, apply_options, preset_config
+from refdet_core.speed.setup import build_setup, support_prototypes
+from refdet_core.train.run import base_classes_of
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +32,6 @@ DATA_OPTIONS = ("frame_store", "workers", "cache_sizes")
 
 def first_batch(cfg: RefDetConfig) -> Any:
     """The first training batch of ``cfg``'s loader (no model built)."""
-    from refdet_core.data.episodes import make_loader, make_source
-    from refdet_core.data.layout import read_layout
-    from refdet_core.train.run import base_classes_of
-
     layout = read_layout(cfg.data.data_root)
     train_ids, _ = layout.split(cfg.data)
     source = make_source(layout, cfg)
@@ -53,8 +53,6 @@ def batch_difference(a: Any, b: Any) -> float:
 
 def _head_output(setup: Any, batch: Any) -> Any:
     """HeadOutput on a device batch, stage by stage as the profiler runs it, under the trainer's autocast."""
-    from refdet_core.speed.profiler import support_prototypes
-
     model = setup.model
     with setup.trainer.autocast():
         protos = support_prototypes(model, batch)
@@ -94,9 +92,6 @@ def _relative(a: float, b: float) -> float:
 
 
 def _compute_checks(names: list[str], seed: RefDetConfig) -> dict[str, dict[str, Any]]:
-    from refdet_core.data.episodes import load_fixed_episode
-    from refdet_core.speed.profiler import build_setup
-
     if not names:
         return {}
     ref = build_setup(seed)

@@ -24,8 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from refdet_core.checkpoint import read_checkpoint
+from refdet_core.data.layout import read_layout
 from refdet_core.eval.candidates import reference_histograms, top_decoded_candidates
-from refdet_core.eval.video import VideoPredictor, evaluate, frame_batches, layout_ground_truth, load_predictor
+from refdet_core.eval.export import export_onnx, proto_names
+from refdet_core.eval.video import (
+    VideoPredictor,
+    evaluate,
+    frame_batches,
+    layout_ground_truth,
+    load_predictor,
+    validation_split,
+)
+from refdet_core.speed.options import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +50,6 @@ class OnnxPredictor(VideoPredictor):
 
     def __init__(self, base: VideoPredictor, support: Path, query: Path, *, threads: int = 0) -> None:
         import onnxruntime as ort
-
-        from refdet_core.eval.export import proto_names
 
         vars(self).update(vars(base))
         self.stage_s = type(base.stage_s)(float)
@@ -84,8 +93,6 @@ def make_predictors(ckpt: str | Path, backends: Sequence[str], *, batch: int, wo
     """One predictor per backend over the same checkpoint and inference settings."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
-        from refdet_core.speed.options import OptionError
-
         raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
     out: dict[str, VideoPredictor] = {}
     graphs: dict[str, Path] = {}  # exported once, shared by the onnxruntime backends
@@ -94,8 +101,6 @@ def make_predictors(ckpt: str | Path, backends: Sequence[str], *, batch: int, wo
         base = load_predictor(ckpt, batch=batch, precision=precision)
         if name.startswith("onnxruntime"):
             if not graphs:
-                from refdet_core.eval.export import export_onnx
-
                 graphs = export_onnx(ckpt, work / "onnx")
             query = quantize_query(work / "onnx") if name.endswith("int8") else graphs["query"]
             base = OnnxPredictor(base, graphs["support"], query)
@@ -168,10 +173,6 @@ def run_inference_bench(
         ``{"backends": {name: {"frames_per_s", "ms_per_frame": {stage: ms}, "rss_peak_mb", "mean_st_iou",
         "st_iou_diff_vs_torch_fp32"}}, "frame_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
     """
-    from refdet_core.data.layout import read_layout
-    from refdet_core.eval.video import validation_split
-    from refdet_core.train.checkpoint import read_checkpoint
-
     assert repeats >= 1 and batch >= 1, f"repeats {repeats} and batch {batch} must be >= 1"
     _, cfg, meta = read_checkpoint(ckpt)
     layout = read_layout(data_root)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from refdet_core.config import RefDetConfig, config_from_dict
+from refdet_core.train.optim import bf16_supported
 
 APPLIES = ("cpu", "gpu", "both")
 EXACTNESS = ("exact", "close", "lossy")
@@ -160,8 +161,6 @@ FAST_ALWAYS = ("frame_store", "support_cache", "freeze_encoder", "support_256", 
 
 def fast_options(device: torch.device | str | None = None) -> list[str]:
     """The options of the ``fast`` preset on ``device`` (default: CUDA when available, else CPU)."""
-    from refdet_core.train.optim import bf16_supported
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = list(FAST_ALWAYS)
     if bf16_supported(device):

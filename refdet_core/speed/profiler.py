@@ -21,31 +21,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from refdet_core.config import RefDetConfig, config_from_dict, config_items
+from refdet_core import memory
+from refdet_core.config import RefDetConfig, config_from_dict, params_file_config
 from refdet_core.destination import check_file_destination
-from refdet_core.speed import memory
+from refdet_core.speed.options import entry_config, store_dir_for
+from refdet_core.speed.setup import build_setup, endless, prefill_support_cache, support_prototypes
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("data", "support", "backbone", "fusion", "head", "loss", "backward", "optimizer")
-
-
-def build_setup(cfg: RefDetConfig) -> Any:
-    """``build_training`` without an output folder (it applies every speed setting, compile included)."""
-    from refdet_core.train.run import build_training
-
-    return build_training(cfg, out_dir=None, progress=False)
-
-
-def endless(loader: Any, start_epoch: int = 0) -> Iterator[Any]:
-    """Batches of ``loader`` over as many epochs as needed (``set_epoch`` called for each)."""
-    epoch = start_epoch
-    while True:
-        sampler = getattr(loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 class Clock:
@@ -63,17 +47,6 @@ class Clock:
             yield
         self.sync()  # note: CPU-GPU sync, only in the profiler
         self.seconds[name] += time.perf_counter() - start
-
-
-def support_prototypes(model: Any, batch: Any) -> list[torch.Tensor] | None:
-    """Prototypes per scale (N, D_s) as the trainer's forward makes them: cached frozen tokens or re-encoding."""
-    if model.head.mode == "standard":
-        return None
-    cache = getattr(model, "support_feature_cache", None)
-    if cache is None:
-        return model.encode_support(batch.support).per_scale
-    tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)  # (N, K, T, E)
-    return model.support_encoder.from_frozen(tokens.flatten(0, 1), k=tokens.shape[1]).per_scale
 
 
 def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int = 0) -> torch.Tensor:
@@ -178,19 +151,6 @@ def profile_step(setup_or_cfg: Any, *, steps: int = 5, warmup: int = 2, trace: s
     return report
 
 
-def config_from_params(params: str | Path | dict[str, Any], *, source: str | None = None) -> RefDetConfig:
-    """The config keys of a params YAML (or dict); notebook-only keys (``run_dir``, ...) are skipped.
-
-    A params file must set ``data_root``, and a key that is neither a config key nor a notebook parameter is an
-    error naming it, as in ``refdet train``.
-    """
-    if isinstance(params, dict):
-        return config_from_dict(config_items(params), source=source or "params")
-    from refdet_core.notebook import params_file_config
-
-    return params_file_config(params)
-
-
 def is_trace(path: Path) -> bool:
     """A Chrome trace as ``export_chrome_trace`` writes it (a JSON object with ``traceEvents``)."""
     try:
@@ -205,7 +165,7 @@ def profile_from_params(
     """``refdet profile -p PARAMS.yaml``: profile the training step of the config in ``params``.
 
     ``trace`` must be a new file or an older trace (never a file of something else)."""
-    cfg = config_from_params(params)
+    cfg = params_file_config(params)
     if trace:
         check_file_destination(trace, what="profiler trace", ours=is_trace)
     report = profile_step(cfg, steps=steps, warmup=warmup, trace=trace)
@@ -215,9 +175,6 @@ def profile_from_params(
 
 def profile_entries(names: list[str], base: RefDetConfig, *, steps: int, warmup: int) -> dict[str, dict]:
     """Profile each bench entry (``seed``, ``fast``, ``seed+opt``) at the sizes of ``base``."""
-    from refdet_core.speed.bench import prefill_support_cache
-    from refdet_core.speed.options import entry_config
-
     out = {}
     for name in names:
         setup = build_setup(entry_config(name, base))
@@ -240,8 +197,6 @@ def scaling_table(
     base: RefDetConfig, *, preset: str, grid: dict[str, list[int]], steps: int, warmup: int
 ) -> pd.DataFrame:
     """Component ms of ``preset`` as one episode dimension grows (others at ``base``); rows ``key=value``."""
-    from refdet_core.speed.options import store_dir_for
-
     rows = {}
     for key, values in grid.items():
         for value in values:

@@ -32,7 +32,12 @@ import pandas as pd
 import torch
 import yaml
 
-from refdet_core.config import RefDetConfig, atomic_write_json, atomic_write_text
+from refdet_core.config import RefDetConfig
+from refdet_core.data.episodes import make_source
+from refdet_core.data.layout import read_layout
+from refdet_core.device import pick_device
+from refdet_core.io import atomic_write_json, atomic_write_text
+from refdet_core.train.run import train_from_params
 
 logger = logging.getLogger(__name__)
 
@@ -196,9 +201,6 @@ class TrainingProcess:
 
     def start(self) -> None:
         """Build the frame store here (ranks must only read it), write the params, start the process."""
-        from refdet_core.data.episodes import make_source
-        from refdet_core.data.layout import read_layout
-
         assert self.proc is None or self.proc.poll() is not None, "a training process is already running"
         self.out.mkdir(parents=True, exist_ok=True)
         make_source(read_layout(self.cfg.data.data_root), self.cfg, progress=True)
@@ -247,8 +249,6 @@ class TrainingProcess:
         if code != 0 or not (self.out / "train_result.json").is_file():
             raise TrainingFailed(f"training exited with status {code}; end of {self.log}:\n{self.log_tail()}")
         result = TrainingResult.read(self.out)
-        from refdet_core.train.run import pick_device
-
         device = str(pick_device(self.cfg.train.device))
         result.summary.update(wall_s=time.perf_counter() - self._started, device=device)
         atomic_write_json(self.out / "train_result.json", result.summary)
@@ -277,8 +277,6 @@ class TrainingProcess:
 # ---------------------------------------------------------------- the child's entry point
 def main(argv: list[str] | None = None) -> int:
     """Each training process: ``refdet train`` with the run-folder callbacks."""
-    from refdet_core.train.run import train_from_params
-
     parser = argparse.ArgumentParser(prog="python -m refdet_core.train.launch")
     parser.add_argument("-p", "--params", required=True)
     parser.add_argument("-o", "--out", required=True)

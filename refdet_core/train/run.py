@@ -14,8 +14,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from refdet_core.config import ConfigError, RefDetConfig, atomic_write_json
-from refdet_core.train.folders import DEFAULT_RUN_DIR, prepare_run_dir
+from refdet_core import memory
+from refdet_core.config import ConfigError, RefDetConfig, params_file_config
+from refdet_core.data.episodes import make_loader, make_source
+from refdet_core.data.layout import read_layout
+from refdet_core.device import pick_device
+from refdet_core.folders import prepare_run_dir
+from refdet_core.io import atomic_write_json
+from refdet_core.losses.combined import CombinedLoss
+from refdet_core.models.refdet import RefDet, validate_model_config
+from refdet_core.train.support_cache import make_forward
+from refdet_core.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +40,6 @@ def distributed_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"key 'device' is {name!r} but CUDA is not available here")
-    return torch.device(name)
-
-
 def base_classes_of(layout: Any, video_ids: list[str]) -> list[str]:
     """Object types of the training videos (``Backpack_0`` -> ``Backpack``), sorted."""
     return sorted({layout.videos[v].base_class for v in video_ids})
@@ -50,7 +51,6 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
         raise ConfigError(
             f"{source}: key 'n_way' is {cfg.data.n_way} but there are only {len(train_ids)} training videos"
         )
-    from refdet_core.models.refdet import validate_model_config
 
     validate_model_config(cfg.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size)
     if cfg.data.store_dir:
@@ -71,8 +71,6 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
 def _shared_source(layout: Any, cfg: RefDetConfig, *, rank: int, world_size: int, progress: bool) -> Any:
     """The frame source, decoded once: under DDP rank 0 builds (or reuses) the store while the other ranks wait
     at a barrier, then open the finished store, instead of every rank decoding every video at once."""
-    from refdet_core.data.episodes import make_source
-
     if world_size > 1 and rank != 0:
         dist.barrier()
     source = make_source(layout, cfg, progress=progress and rank == 0)
@@ -114,14 +112,6 @@ def build_training(
     local_rank: int = 0,
     progress: bool = True,
 ) -> TrainingSetup:
-    from refdet_core.data.episodes import make_loader
-    from refdet_core.data.layout import read_layout
-    from refdet_core.losses.combined import CombinedLoss
-    from refdet_core.models.refdet import RefDet
-    from refdet_core.speed import memory
-    from refdet_core.train.support_cache import make_forward
-    from refdet_core.train.trainer import Trainer
-
     layout = read_layout(cfg.data.data_root)
     train_ids, val_ids = layout.split(cfg.data)
     check_training_config(cfg, train_ids, source_name)
@@ -177,9 +167,7 @@ def build_training(
 
 
 def _params_config(path: str | Path) -> RefDetConfig:
-    """Config keys of a params YAML; other keys must be parameters of notebook 05 (e.g. ``run_dir``)."""
-    from refdet_core.notebook import params_file_config
-
+    """The config of a params YAML; keys besides config keys must be parameters of notebook 05 (``run_dir``)."""
     return params_file_config(path, notebooks=("05_train_stage2",))
 
 
@@ -202,7 +190,7 @@ def _gather(value: Any, world_size: int) -> list[Any]:
 def train_from_params(
     params: str | Path,
     *,
-    out_dir: str | Path | None = None,
+    out_dir: str | Path,
     resume: str | Path | None = None,
     callbacks: dict[str, list[Any]] | None = None,
     force: bool = False,
@@ -215,7 +203,7 @@ def train_from_params(
     """
     cfg = _params_config(params)
     rank, world_size, local_rank = distributed_env()
-    out = Path(out_dir or DEFAULT_RUN_DIR)
+    out = Path(out_dir)
     prepare_run_dir(out, force=force, clean=rank == 0)
     if world_size > 1:
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from refdet_core.config import RefDetConfig
+from refdet_core.models.refdet import prepare_support
 
 
 class SupportFeatureCache:
@@ -68,8 +69,6 @@ class SupportFeatureCache:
 
         ``variants`` are host ints (the batch's metadata), so a lookup never reads the device.
         """
-        from refdet_core.models.refdet import prepare_support
-
         n, k = support.shape[:2]
         assert len(video_ids) == n and len(variants) == n, "one video id and variant per support row"
         out: list[torch.Tensor | None] = [None] * n

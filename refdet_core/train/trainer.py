@@ -30,7 +30,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from refdet_core.config import RefDetConfig, atomic_write_text
+from refdet_core.checkpoint import CheckpointError, load_weights, read_checkpoint, read_training_state
+from refdet_core.config import RefDetConfig
+from refdet_core.io import atomic_write_text
 from refdet_core.train import checkpoint as ckpt
 from refdet_core.train.optim import AUTOCAST_DTYPES, make_optimizer, make_scheduler, resolve_precision
 
@@ -351,14 +353,14 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue exactly where the checkpoint at ``path`` left off."""
-        weights, _, _ = ckpt.read_checkpoint(path)
-        state = ckpt.read_training_state(path)
-        ckpt.load_weights(self.model, weights, source=str(path))
+        weights, _, _ = read_checkpoint(path)
+        state = read_training_state(path)
+        load_weights(self.model, weights, source=str(path))
         configured = [{k: g[k] for k in RUN_SETTINGS if k in g} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as err:  # other parameter groups: trainable_blocks or lr_mult modules changed
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{path}: cannot resume, the trainable parameters differ from the checkpoint's ({err})"
             ) from None
         self.scheduler.load_state_dict(state["scheduler"])

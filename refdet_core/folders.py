@@ -15,7 +15,6 @@ STATE = "state.pt"
 META = "meta.json"
 CONFIG = "config.yaml"
 FILES = (WEIGHTS, CONFIG, META, STATE)  # a checkpoint folder
-DEFAULT_RUN_DIR = Path("outputs") / "train"
 
 
 def checkpoint_foreign(folder: Path) -> list[str]:
