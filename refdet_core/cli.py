@@ -1,4 +1,4 @@
-"""The ``refdet`` command (DESIGN.md §9). Each subcommand is a thin wrapper over a library function.
+"""The ``refdet`` command. Each subcommand is a thin wrapper over a library function.
 
 Bad input exits with status 2 and one line on stderr; ``--json`` prints one JSON object on stdout.
 Set ``REFDET_DEBUG=1`` to get the traceback instead of the one-line error.

@@ -47,7 +47,7 @@ class DataConfig:
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
     store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
     cache_mb: int = 512  # byte bound of the in-memory LRU in front of the store
-    loader: str = "store"  # "store" (frame store) or "seek" (new VideoCapture + seek per sample, the seed's way)
+    loader: str = "store"  # "store" (frame store) or "seek" (new VideoCapture + seek per sample, as in seed)
     num_workers: int = 0  # DataLoader workers
     pin_memory: bool = False
     persistent_workers: bool = False

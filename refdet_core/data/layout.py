@@ -1,4 +1,4 @@
-"""Read and validate the challenge layout (DESIGN.md §3).
+"""Read and validate the challenge layout.
 
 ```
 <root>/samples/<video_id>/object_images/*.jpg|*.png   reference photos (sorted by name)

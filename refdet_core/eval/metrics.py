@@ -8,8 +8,8 @@ Representation (native pixels of the original frame):
 - ``GroundTruth`` = ``{video_id: {frame: [box, ...]}}``; a frame may carry several GT boxes (a list of
   4-sequences or an ``(n, 4)`` array), a frame with an empty list carries none.
 
-ST-IoU(video) = sum over f in F_gt & F_pred of IoU(B_f, B'_f) / |F_gt | F_pred| (DESIGN.md §6), where F are the
-frames that carry a box; with several GT boxes in a frame the prediction is scored against the one it overlaps
+ST-IoU(video) = sum over f in F_gt & F_pred of IoU(B_f, B'_f) / |F_gt | F_pred|, where F are the frames that
+carry a box; with several GT boxes in a frame the prediction is scored against the one it overlaps
 most; a video with neither GT nor prediction scores 1.0; the mean runs over the ground-truth videos, and a GT
 video missing from the predictions has no predicted frames.
 """

@@ -5,10 +5,11 @@ where it applies (``cpu``, ``gpu`` or ``both``) and whether it keeps the numbers
 ``close`` (within ``tolerance``, relative, on the loss of a fixed episode before and after one step) or
 ``lossy`` (a different computation; its accuracy change is measured by a short training run in 04).
 
-``seed`` is the original's choices; ``fast`` is resolved on the machine it runs on (``fast_options``). Both
-build the same architecture with the same parameter count; they differ in how it is fed and computed, in
-which encoder blocks train (``freeze_encoder``) and in what a training query shows (``crop_window``: a half-size
-window of the whole frame); those lossy entries are in ``fast`` on measured accuracy (docs/speed.md).
+``seed`` is the baseline preset (seek reader, fp32, 512 px references, no caches, half the encoder trains);
+``fast`` is resolved on the machine it runs on (``fast_options``). Both build the same architecture with the
+same parameter count; they differ in how it is fed and computed, in which encoder blocks train
+(``freeze_encoder``) and in what a training query shows (``crop_window``: a half-size window of the whole
+frame); those lossy entries are in ``fast`` on measured accuracy (docs/speed.md).
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def check_names(names: Iterable[str], valid: Iterable[str], what: str) -> list[s
 
 
 def seed_config(base: RefDetConfig) -> RefDetConfig:
-    """The original's choices; half the encoder blocks train (6 of ViT-S's 12; tiny test encoders: half theirs).
+    """The baseline preset: ``SEED_OVERRIDES``, and half the encoder blocks train (6 of ViT-S's 12; tiny test
+    encoders: half theirs).
 
     The seed trained on whole frames: a base that cuts training windows (``crop_native``) is put back to whole
     frames at its whole-frame size, so that ``crop_window`` is measured against whole frames whatever the base.

@@ -1,4 +1,4 @@
-"""Per-component timing of a full training step (DESIGN.md section 7): the profile the original never made.
+"""Per-component timing of a full training step.
 
 One step = data wait (``next(loader)`` + copy to the device), support encoding (through the support-feature
 cache when the config uses it), backbone, fusion, head, loss, backward, optimizer step. The stages are called
