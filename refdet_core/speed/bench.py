@@ -6,7 +6,7 @@ steps, entry B, ..., ``repeats`` times; each round starts a fresh loader iterato
 worker's prefetch never runs while another entry is timed. Reported: median episodes/s per entry, the ratio to
 ``seed``, and the projected epoch time of the seed's workload (2,075 episodes of 2-way x 4-query = 16,595 query
 frames) at the sizes measured. The accuracy guard checks exact/close options (``guard.py``); lossy ones carry
-the accuracy change measured by notebook 04, when it has run.
+the accuracy change notebook 04 measured, read from the ``metrics.json`` files the caller names.
 """
 
 from __future__ import annotations
