@@ -78,6 +78,9 @@ class ModelConfig:
     head_mode: str = "dual"  # "standard", "prototype" or "dual"
     num_base_classes: int = 0  # base classes of the standard head; 0 = from the training videos
     reg_max: int = 16  # DFL bins
+    ref_match: bool = False  # references also through the query backbone: a siamese match score (models/match.py)
+    match_dim: int = 64  # width of the match projections
+    match_size: int = 64  # side references and candidate crops are resized to for the match
 
 
 @dataclass

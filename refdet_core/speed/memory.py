@@ -85,9 +85,10 @@ def stream_frames() -> bool:
 
     With glibc's dynamic threshold, a freed decoded frame raises the threshold, so the next frames come from the
     heap; most likely the small arrays kept per batch (each frame's candidates) are then carved out of the freed
-    frames' space, no later frame fits the holes, and the heap grows by about a frame per frame (9 GB over 4,700 frames of a
-    1280x720 video, measured with ``benchmarks/long_video_memory.py``). A fixed threshold keeps RSS flat for the
-    cost of mapping each frame anew. Returns whether it took effect; a later ``apply`` sets training's state.
+    frames' space, no later frame fits the holes, and the heap grows by about a frame per frame (9 GB over 4,700
+    frames of a 1280x720 video, measured with ``benchmarks/long_video_memory.py``). A fixed threshold keeps RSS
+    flat for the cost of mapping each frame anew.
+    Returns whether it took effect; a later ``apply`` sets training's state.
     """
     libc = _glibc()
     if libc is None:
