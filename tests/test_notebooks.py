@@ -97,10 +97,13 @@ def test_smoke_01_metrics(smoke_run):
 def test_smoke_06_metrics(smoke_run):
     out, _ = smoke_run
     m = json.loads((out / "06_validate" / "metrics.json").read_text())
-    for key in ("mean_st_iou", "detector_only_mean_st_iou", "baseline_mean_st_iou"):
+    for key in ("mean_st_iou", "detector_only_mean_st_iou", "reid_mean_st_iou", "tracks_mean_st_iou"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["videos"])
-    assert m["colour_check"]["enabled"] is True and m["frames_per_s"] > 0
+    assert 0.0 <= m["baseline_mean_st_iou"] <= 1.0
+    assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["reid_st_iou"]) == set(m["videos"])
+    assert "reference_swap_mean_st_iou" in m and m["frames_per_s"] > 0
+    assert not set(m["tune_videos"]) & set(m["videos"]), "settings were chosen on evaluated videos"
+    assert m["selection"] == m["chosen"]["full"]["selection"] and m["selection"]["tracks"] is True
     assert (out / "06_validate" / "submission.json").is_file()
 
 
@@ -116,7 +119,7 @@ def test_predict_applies_the_settings_06_chose(smoke_run, tmp_path, capsys):
     metrics = json.loads((out / "06_validate" / "metrics.json").read_text())
     ckpt = out / "05_train_stage2" / "checkpoint"
     saved = json.loads((ckpt / "inference.json").read_text())
-    assert saved["postprocess"] == metrics["postprocess"] and saved["colour_check"] == metrics["colour_check"]
+    assert saved["postprocess"] == metrics["postprocess"] and saved["selection"] == metrics["selection"]
     data_root = ROOT / yaml.safe_load((ROOT / "params" / "smoke" / "06_validate.yaml").read_text())["data_root"]
     sub = tmp_path / "submission.json"
     assert main(["predict", "--data", str(data_root), "--ckpt", str(ckpt), "--out", str(sub), "-q"]) == 0
