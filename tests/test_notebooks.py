@@ -150,3 +150,23 @@ def test_notebook_runs_from_the_notebooks_folder(tmp_path):
     assert written["interactive"] is False, "papermill's kernel is not a live one"
     assert json.loads((tmp_path / "01_data_cache" / "metrics.json").read_text())["videos"] == 4
     assert not (NB_DIR / "data").exists() and not (NB_DIR / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_refdet_validate_runs_06s_protocol(smoke_run, capsys):
+    """`refdet validate` is 06's protocol without the notebook: the same arms, the same figures."""
+    from refdet_core.cli import main
+
+    out, _ = smoke_run
+    metrics = json.loads((out / "06_validate" / "metrics.json").read_text())
+    ckpt = out / "05_train_stage2" / "checkpoint"
+    data_root = ROOT / yaml.safe_load((ROOT / "params" / "smoke" / "06_validate.yaml").read_text())["data_root"]
+    assert main(["validate", "--ckpt", str(ckpt), "--data", str(data_root), "--batch", "4", "-q", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for key in ("mean_st_iou", "detector_only_mean_st_iou", "reid_mean_st_iou", "tracks_mean_st_iou"):
+        assert got[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert got["tune_videos"] == metrics["tune_videos"]
+    for arm, chosen in metrics["chosen"].items():
+        assert got["chosen"][arm]["selection"] == chosen["selection"], arm
+        assert got["chosen"][arm]["postprocess"] == chosen["postprocess"], arm
+        assert got["chosen"][arm]["tune_mean_st_iou"] == pytest.approx(chosen["tune_mean_st_iou"], abs=1e-6), arm
