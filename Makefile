@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 data/demo/splits.json: $(STAMP)
-	$(REFDET) data demo data/demo --videos 16
+	$(REFDET) data demo data/demo --videos 120 --val-videos 8 --tune-videos 8 --train-frames 48
 
 demo: $(STAMP) data/demo/splits.json
 	$(REFDET) run --profile demo -o outputs/demo

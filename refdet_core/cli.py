@@ -87,7 +87,16 @@ def cmd_data_demo(args: argparse.Namespace) -> None:
 
     width, height = args.size
     summary = write_demo(
-        args.out, videos=args.videos, frames=args.frames, seed=args.seed, width=width, height=height, fps=args.fps
+        args.out,
+        videos=args.videos,
+        frames=args.frames,
+        train_frames=args.train_frames,
+        val_videos=args.val_videos,
+        tune_videos=args.tune_videos,
+        seed=args.seed,
+        width=width,
+        height=height,
+        fps=args.fps,
     )
     print(f"wrote demo set to {args.out}: {json.dumps(summary, default=str)}")
 
@@ -204,6 +213,39 @@ def cmd_predict(args: argparse.Namespace) -> None:
         force=args.force,
     )
     print(json.dumps(summary, default=float))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from refdet_core.data.layout import read_layout, read_tune_ids
+    from refdet_core.eval import validate, video
+    from refdet_core.checkpoint import read_checkpoint
+    from refdet_core.device import pick_device
+
+    _, ckpt_cfg, meta = read_checkpoint(args.ckpt)
+    layout = read_layout(args.data)
+    train_ids, val_ids = video.validation_split(layout, ckpt_cfg.data, meta)
+    tune_ids = read_tune_ids(args.data, layout.labelled_ids) or train_ids
+    predictor = video.load_predictor(args.ckpt, device=pick_device(args.device), batch=args.batch)
+    gt = video.layout_ground_truth(layout, layout.labelled_ids)
+    report = validate.validate(
+        predictor, args.data, eval_ids=val_ids, tune_ids=tune_ids, gt=gt, swap=not args.no_swap, progress=not args.quiet
+    )
+    out = validate.summary(report)
+
+    def text(s: dict[str, Any]) -> str:
+        arms = [("full pipeline", s["st_iou"])] + [(a, s[f"{a}_st_iou"]) for a in validate.ARMS if a != "full"]
+        arms.append(("reference swap", s["reference_swap_st_iou"]))
+        rows = [
+            [
+                name,
+                f"{sum(v.values()) / max(len(v), 1):.4f}",
+                *(f"{v.get(vid, float('nan')):.3f}" for vid in s["videos"]),
+            ]
+            for name, v in arms
+        ]
+        return _table(rows, ["arm", "mean", *s["videos"]]) + f"\nsettings chosen on: {', '.join(s['tune_videos'])}"
+
+    _emit(out, args.json, text)
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -353,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = data.add_parser("demo", help="write the demo set in the challenge layout")
     d.add_argument("out")
     d.add_argument("--videos", type=int, default=8)
-    d.add_argument("--frames", type=int, default=150)
+    d.add_argument("--frames", type=int, default=150, help="frames per validation video (and training video)")
+    d.add_argument("--train-frames", type=int, default=None, help="frames per training video (default --frames)")
+    d.add_argument("--val-videos", type=int, default=None, help="held-out videos (default a quarter)")
+    d.add_argument(
+        "--tune-videos", type=int, default=0, help="held-out videos to choose settings on (splits.json 'tune')"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument(
         "--size", type=_frame_size, default=(640, 360), metavar="WxH", help="frame size (challenge videos: 1280x720)"
@@ -448,6 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true", help="run both graphs in onnxruntime and compare with PyTorch")
     c.set_defaults(func=cmd_export)
 
+    c = sub.add_parser("validate", help="notebook 06's protocol: settings chosen on tuning videos, every arm scored")
+    c.add_argument("--ckpt", required=True, help="checkpoint folder")
+    c.add_argument("--data", required=True, help="challenge layout root with annotations")
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    c.add_argument("--batch", type=int, default=8, help="frames per forward pass")
+    c.add_argument("--no-swap", action="store_true", help="skip the reference-swap control")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_validate)
     c = sub.add_parser("score", help="ST-IoU of a submission against annotations")
     c.add_argument("--gt", required=True)
     c.add_argument("--pred", required=True)

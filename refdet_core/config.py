@@ -77,6 +77,9 @@ class ModelConfig:
     head_mode: str = "dual"  # "standard", "prototype" or "dual"
     num_base_classes: int = 0  # base classes of the standard head; 0 = from the training videos
     reg_max: int = 16  # DFL bins
+    ref_match: bool = False  # references also through the query backbone: a siamese match score (models/match.py)
+    match_dim: int = 64  # width of the match projections
+    match_size: int = 64  # side references and candidate crops are resized to for the match
 
 
 @dataclass
@@ -343,7 +346,18 @@ def config_from_dict(
 # tests/test_notebooks.py checks these against the notebooks' parameters cells.
 NOTEBOOK_KEYS: dict[str, frozenset[str]] = {
     "01_data_cache": frozenset(
-        {"run_dir", "demo_if_missing", "demo_videos", "demo_frames", "read_samples", "sim_epochs", "interactive"}
+        {
+            "run_dir",
+            "demo_if_missing",
+            "demo_videos",
+            "demo_frames",
+            "demo_train_frames",
+            "demo_val_videos",
+            "demo_tune_videos",
+            "read_samples",
+            "sim_epochs",
+            "interactive",
+        }
     ),
     "02_model_params": frozenset({"run_dir", "time_batch", "time_repeats", "variants"}),
     "03_profile": frozenset(
@@ -394,11 +408,11 @@ NOTEBOOK_KEYS: dict[str, frozenset[str]] = {
             "use_gap_fill",
             "use_smoothing",
             "use_min_len",
-            "colour_check",
             "candidates",
             "colour_power",
             "model_weight",
-            "tune_enter",
+            "choose_settings",
+            "reference_swap",
             "baseline",
             "baseline_stride",
             "show_frames",

@@ -285,3 +285,11 @@ def test_allow_truncated_covers_the_decoded_frames_with_a_warning(ws, tmp_path, 
     assert summary["videos"] == len(videos) and 20 <= summary["frames"] - 40 * (len(videos) - 1) < 40
     assert [e["video_id"] for e in json.loads(out.read_text())] == videos
     assert f"{videos[0]}/drone_video.mp4: decoding stopped at frame" in caplog.text and "only" in caplog.text
+
+
+def test_validate_without_a_checkpoint_is_one_line(tmp_path, capsys):
+    from refdet_core.cli import main
+
+    assert main(["validate", "--ckpt", str(tmp_path / "nowhere"), "--data", str(tmp_path)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0], err

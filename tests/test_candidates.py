@@ -6,24 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from refdet_core.eval.candidates import Candidates, ColourCheck, candidate_colours, reference_histograms
+from refdet_core.eval.candidates import Candidates, Selection, candidate_colours, reference_histograms
 from refdet_core.eval.postprocess import PostprocessConfig
 from refdet_core.eval.video import VideoResult
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 40, 210), (60, 140, 50)
 
 
-def _cands(scores, colour, valid=None) -> Candidates:
+def _cands(scores, colour, valid=None, reid=None) -> Candidates:
     scores = np.asarray(scores, np.float32)
     t, k = scores.shape
     boxes = np.stack([np.tile([[10.0 * j, 0.0, 10.0 * j + 8, 8.0]], (t, 1)) for j in range(k)], axis=1)
     valid = np.ones((t, k), bool) if valid is None else np.asarray(valid)
-    return Candidates(scores, boxes.astype(np.float32), valid, np.asarray(colour, np.float32))
+    reid = np.zeros((t, k), np.float32) if reid is None else np.asarray(reid, np.float32)
+    return Candidates(scores, boxes.astype(np.float32), valid, np.asarray(colour, np.float32), reid)
 
 
 def test_without_the_check_the_detector_score_picks() -> None:
     c = _cands([[0.9, 0.2], [0.3, 0.6]], [[0.1, 1.0], [1.0, 0.1]])
-    scores, boxes, valid = c.select(ColourCheck(enabled=False))
+    scores, boxes, valid = c.select(Selection())
     np.testing.assert_allclose(scores, [0.9, 0.6])
     np.testing.assert_allclose(boxes[:, 0], [0.0, 10.0])
     assert valid.all()
@@ -31,7 +32,7 @@ def test_without_the_check_the_detector_score_picks() -> None:
 
 def test_the_check_prefers_the_matching_colours() -> None:
     c = _cands([[0.9, 0.2]], [[0.5, 0.95]])
-    check = ColourCheck(power=4.0, model_weight=0.25)
+    check = Selection(colour=True, power=4.0, model_weight=0.25)
     scores, boxes, _ = c.select(check)
     assert boxes[0, 0] == 10.0  # the second box: its colours match
     assert scores[0] == pytest.approx(0.75 * 0.95**4 + 0.25 * 0.2, abs=1e-6)
@@ -42,7 +43,7 @@ def test_the_check_prefers_the_matching_colours() -> None:
 
 def test_invalid_candidates_are_never_picked() -> None:
     c = _cands([[0.9, 0.2], [0.8, 0.7]], [[1.0, 0.2], [1.0, 1.0]], valid=[[False, True], [False, False]])
-    scores, boxes, valid = c.select(ColourCheck())
+    scores, boxes, valid = c.select(Selection(colour=True))
     assert valid.tolist() == [True, False]
     assert boxes[0, 0] == 10.0 and scores[1] == 0.0
 
@@ -50,7 +51,7 @@ def test_invalid_candidates_are_never_picked() -> None:
 def test_bad_settings_are_one_clear_error() -> None:
     for bad in ({"candidates": 0}, {"bins": 1}, {"power": 0.0}, {"model_weight": 1.5}, {"nms_iou": 0.0}):
         with pytest.raises(ValueError, match="got"):
-            ColourCheck(**bad)
+            Selection(**bad)
 
 
 def _image(colour, size=64) -> torch.Tensor:
@@ -79,8 +80,8 @@ def test_reselect_switches_the_picked_box_and_the_track() -> None:
         "v", np.arange(n), np.zeros(0), np.zeros(0), np.zeros(0), 100, 100, 1.0, candidates=_cands(scores, colour)
     )
     post = PostprocessConfig(enter=0.5, leave=0.3, use_smoothing=False)
-    det = res.reselect(ColourCheck(enabled=False), post)
-    col = res.reselect(ColourCheck(), post)
+    det = res.reselect(Selection(), post)
+    col = res.reselect(Selection(colour=True), post)
     assert {tuple(b) for b in det.boxes} == {(0.0, 0.0, 8.0, 8.0)}
     assert {tuple(b) for b in col.boxes} == {(10.0, 0.0, 18.0, 8.0)}
     assert sorted(col.track) == list(range(n)) and col.track[0][:4] == (10.0, 0.0, 18.0, 8.0)

@@ -25,6 +25,7 @@ COMMANDS = [
     ["weights", "check"],
     ["weights", "convert"],
     ["export"],
+    ["validate"],
 ]
 
 

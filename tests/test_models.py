@@ -307,3 +307,43 @@ def test_param_summary_and_stage_tables() -> None:
     assert (flops.loc[["support_encoder", "backbone", "fusion", "head"], "gflops"] > 0).all()
     times = time_per_stage(model, IMG, SUP, 2, 1, repeats=1, warmup=0)
     assert (times["ms"] > 0).all()
+
+
+def test_reference_match_is_siamese_and_reads_the_references() -> None:
+    """ref_match: gradients reach the match projections through the references, and one function embeds both
+    references and candidate crops: a crop of the reference, framed as the references are, matches its template."""
+    from refdet_core.config import RefDetConfig
+    from refdet_core.models.refdet import RefDet
+
+    cfg = RefDetConfig()
+    m = cfg.model
+    m.encoder, m.encoder_kwargs = (
+        "vit_tiny_patch16_dinov3_qkvb",
+        {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32},
+    )
+    m.proto_dims, m.width, m.use_p2, m.head_mode, m.ref_match, m.match_size = (
+        (8, 8, 16, 16),
+        0.125,
+        False,
+        "prototype",
+        True,
+        32,
+    )
+    torch.manual_seed(0)
+    model = RefDet(m, num_base_classes=0, pretrained=False)
+    query = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    support = torch.randint(0, 255, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    out = model(query, support)
+    assert out.scores.shape[-1] == 2
+    out.scores.sum().backward()
+    assert model.match.proj[0].weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        protos = model.encode_support(support[:1])
+        assert len(protos.templates) == 3 and protos.templates[0].shape[:2] == (1, 3)
+        frames = torch.nn.functional.interpolate(support[0, :1].float() / 255, size=64)  # the reference itself
+        box = torch.tensor([[[32 - 32 / 1.8, 32 - 32 / 1.8, 32 + 32 / 1.8, 32 + 32 / 1.8]]])
+        same = model.match.crop_similarity(model.backbone, frames, box, protos.templates)
+        other = model.encode_support(support[1:]).templates
+    assert same.item() > 0.99
+    assert not torch.allclose(protos.templates[0], other[0]), "templates do not depend on the references"

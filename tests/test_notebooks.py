@@ -105,10 +105,13 @@ def test_smoke_01_metrics(smoke_run):
 def test_smoke_06_metrics(smoke_run):
     out, _ = smoke_run
     m = json.loads((out / "06_validate" / "metrics.json").read_text())
-    for key in ("mean_st_iou", "detector_only_mean_st_iou", "baseline_mean_st_iou"):
+    for key in ("mean_st_iou", "detector_only_mean_st_iou", "reid_mean_st_iou", "tracks_mean_st_iou"):
         assert 0.0 <= m[key] <= 1.0, key
-    assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["videos"])
-    assert m["colour_check"]["enabled"] is True and m["frames_per_s"] > 0
+    assert 0.0 <= m["baseline_mean_st_iou"] <= 1.0
+    assert set(m["st_iou"]) == set(m["detector_only_st_iou"]) == set(m["reid_st_iou"]) == set(m["videos"])
+    assert "reference_swap_mean_st_iou" in m and m["frames_per_s"] > 0
+    assert not set(m["tune_videos"]) & set(m["videos"]), "settings were chosen on evaluated videos"
+    assert m["selection"] == m["chosen"]["full"]["selection"] and m["selection"]["tracks"] is True
     assert (out / "06_validate" / "submission.json").is_file()
 
 
@@ -124,7 +127,7 @@ def test_predict_applies_the_settings_06_chose(smoke_run, tmp_path, capsys):
     metrics = json.loads((out / "06_validate" / "metrics.json").read_text())
     ckpt = out / "05_train_stage2" / "checkpoint"
     saved = json.loads((ckpt / "inference.json").read_text())
-    assert saved["postprocess"] == metrics["postprocess"] and saved["colour_check"] == metrics["colour_check"]
+    assert saved["postprocess"] == metrics["postprocess"] and saved["selection"] == metrics["selection"]
     data_root = ROOT / yaml.safe_load((ROOT / "params" / "smoke" / "06_validate.yaml").read_text())["data_root"]
     sub = tmp_path / "submission.json"
     assert main(["predict", "--data", str(data_root), "--ckpt", str(ckpt), "--out", str(sub), "-q"]) == 0
@@ -155,3 +158,23 @@ def test_notebook_runs_from_the_notebooks_folder(tmp_path):
     assert written["interactive"] is False, "papermill's kernel is not a live one"
     assert json.loads((tmp_path / "01_data_cache" / "metrics.json").read_text())["videos"] == 4
     assert not (NB_DIR / "data").exists() and not (NB_DIR / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_refdet_validate_runs_06s_protocol(smoke_run, capsys):
+    """`refdet validate` is 06's protocol without the notebook: the same arms, the same figures."""
+    from refdet_core.cli import main
+
+    out, _ = smoke_run
+    metrics = json.loads((out / "06_validate" / "metrics.json").read_text())
+    ckpt = out / "05_train_stage2" / "checkpoint"
+    data_root = ROOT / yaml.safe_load((ROOT / "params" / "smoke" / "06_validate.yaml").read_text())["data_root"]
+    assert main(["validate", "--ckpt", str(ckpt), "--data", str(data_root), "--batch", "4", "-q", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for key in ("mean_st_iou", "detector_only_mean_st_iou", "reid_mean_st_iou", "tracks_mean_st_iou"):
+        assert got[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert got["tune_videos"] == metrics["tune_videos"]
+    for arm, chosen in metrics["chosen"].items():
+        assert got["chosen"][arm]["selection"] == chosen["selection"], arm
+        assert got["chosen"][arm]["postprocess"] == chosen["postprocess"], arm
+        assert got["chosen"][arm]["tune_mean_st_iou"] == pytest.approx(chosen["tune_mean_st_iou"], abs=1e-6), arm

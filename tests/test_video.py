@@ -16,7 +16,7 @@ from refdet_core.cli import main
 from refdet_core.config import config_from_dict
 from refdet_core.data.frames import VideoError, letterbox, read_image_rgb
 from refdet_core.data.layout import read_layout
-from refdet_core.eval.candidates import ColourCheck, top_candidates
+from refdet_core.eval.candidates import Selection, top_candidates
 from refdet_core.eval.postprocess import PostprocessConfig
 from refdet_core.eval.submission import read_submission
 from refdet_core.eval.video import (
@@ -177,7 +177,7 @@ def test_references_encoded_once_per_video(demo_root: Path, ckpt: Path, monkeypa
 
 def test_cached_inference_equals_direct(demo_root: Path, ckpt: Path) -> None:
     """Batched, cached whole-video inference gives what one direct forward per frame with the support gives."""
-    predictor = load_predictor(ckpt, batch=7, check=ColourCheck(enabled=False))
+    predictor = load_predictor(ckpt, batch=7, check=Selection())
     rec = read_layout(demo_root).videos["Jacket_0"]
     res = predictor.predict_video(rec.video_path, rec.reference_paths)
     support = predictor.reference_tensor(rec.reference_paths)

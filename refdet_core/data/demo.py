@@ -1,13 +1,17 @@
 """The embedded demo data set: a small, learnable version of the task in the challenge layout.
 
 Each video is a camera flying slowly over a procedural landscape (fields, roads, trees, roofs) while
-zooming gently. One target instance is visible in one or more intervals and absent in between; other
-instances (of the same kind and of other kinds, in other colours) share the frames as distractors; about half
-of them are decoys: the target instances of other training videos, so that being a target of the set is not
-itself a cue and a detector has to read the references to tell them apart. Three
-reference photos show the target "from the ground": larger, rotated, foreshortened, under other light, on
-an indoor background. A few videos never show their target. ``splits.json`` holds out videos whose target
-instances appear nowhere in the training videos.
+zooming gently. One target instance is visible in one or more intervals and absent in between. Every instance
+is procedurally drawn: a kind's silhouette with its own proportions, any two colours and a pattern, so a set
+holds as many instances as it has videos. Three kinds of distractors share the frames, so that no single cue
+finds the target: *colour twins* (another kind wearing the target's colours and often its pattern), *shape
+twins* (the target's kind and proportions in other colours) and unrelated objects, about half of which are
+decoys, the target instances of other training videos (being a target of the set is no cue either). Next to
+the target, in its frames, stand one colour twin and one shape twin. Three reference photos show the target
+"from the ground": larger, rotated, foreshortened, under other light, on an indoor background. A few videos
+never show their target. ``splits.json`` holds out videos whose target instances appear nowhere in the
+training videos; training videos may be shorter than validation ones (``train_frames``), so that a set of
+many instances stays small.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from tqdm.auto import tqdm
 
 from refdet_core.data.demo_draw import (
     KINDS,
-    PALETTE,
     PATTERNS,
-    SECONDARY,
     Look,
     aerial_canvas,
+    colour_distance,
     draw_sprite,
+    far_colour,
+    jitter_colour,
     paste,
+    random_look,
     reference_image,
     rotate_crop,
 )
@@ -80,33 +86,52 @@ class _Camera:
 # ---------------------------------------------------------------------------------------------- planning
 
 
-def _assign(videos: int, seed: int) -> tuple[list[str], dict[str, Look], list[str], list[str]]:
-    """Video ids, target looks, validation ids and the ids whose target never appears."""
+def _assign(
+    videos: int, seed: int, val_videos: int | None = None, tune_videos: int = 0
+) -> tuple[list[str], dict[str, Look], list[str], list[str], list[str]]:
+    """Video ids, target looks, validation ids, tuning ids and the ids whose target never appears.
+
+    Targets of one kind differ in their main colour (at least 90 RGB apart where possible).
+    """
     rng = np.random.default_rng([seed, 7919])
     ids = [f"{KINDS[i % len(KINDS)]}_{i // len(KINDS)}" for i in range(videos)]
     looks: dict[str, Look] = {}
     for vid in ids:
         kind = vid.rsplit("_", 1)[0]
-        used = {lk.primary for lk in looks.values() if lk.kind == kind}
-        primary = str(rng.choice([c for c in PALETTE if c not in used]))
-        secondary = str(rng.choice([c for c in SECONDARY if c != primary]))
-        looks[vid] = Look(kind, primary, secondary, str(rng.choice(PATTERNS)))
-    n_val = max(1, round(videos * 0.25)) if videos >= 2 else 0
+        looks[vid] = random_look(rng, kind, [lk.primary for lk in looks.values() if lk.kind == kind])
+    if val_videos is None:
+        val_videos = max(1, round(videos * 0.25)) if videos >= 2 else 0
+    n_val = min(val_videos, videos - 1) if videos >= 2 else 0
+    n_tune = min(tune_videos, videos - 1 - n_val)
     order = [ids[i] for i in rng.permutation(videos)]
-    val = sorted(order[:n_val], key=ids.index)
-    train = [v for v in ids if v not in val]
+    kind = [v.rsplit("_", 1)[0] for v in order]
+    kinds_first = [order[i] for i in sorted(range(videos), key=lambda i: kind[:i].count(kind[i]))]
+    val = sorted(kinds_first[:n_val], key=ids.index)  # held-out videos of as many kinds as possible
+    tune = sorted(kinds_first[n_val : n_val + n_tune], key=ids.index)
+    train = [v for v in ids if v not in val and v not in tune]
     empty = [train[-1]] if videos >= 3 else []
-    if videos >= 8:
+    if videos >= 8 and val:
         empty.append(val[-1])
-    return ids, looks, val, empty
+    if len(tune) >= 4:
+        empty.append(tune[-1])
+    return ids, looks, val, tune, empty
 
 
-def _distractor_look(rng: np.random.Generator, kind: str, target: Look, taken: set[tuple[str, str]]) -> Look:
-    """Another instance: none of its colours is the target's main colour; never a target instance of the set."""
-    choices = [c for c in PALETTE if c not in (target.primary, target.secondary) and (kind, c) not in taken]
-    primary = str(rng.choice(choices))
-    secondary = str(rng.choice([c for c in SECONDARY if c not in (primary, target.primary)]))
-    return Look(kind, primary, secondary, str(rng.choice(PATTERNS)))
+def colour_twin(rng: np.random.Generator, target: Look) -> Look:
+    """Another kind wearing the target's colours (slightly off), half the time its pattern too."""
+    kind = str(rng.choice([k for k in KINDS if k != target.kind]))
+    pattern = target.pattern if rng.random() < 0.5 else str(rng.choice(PATTERNS))
+    primary, secondary = jitter_colour(rng, target.primary), jitter_colour(rng, target.secondary)
+    aspect = float(np.round(rng.uniform(0.8, 1.2), 3))
+    return Look(kind, primary, secondary, pattern, aspect, target.bands)
+
+
+def shape_twin(rng: np.random.Generator, target: Look) -> Look:
+    """The target's kind and proportions, half the time its pattern, in other colours."""
+    primary = far_colour(rng, [target.primary, target.secondary])
+    secondary = far_colour(rng, [primary, target.primary])
+    pattern = target.pattern if rng.random() < 0.5 else str(rng.choice(PATTERNS))
+    return Look(target.kind, primary, secondary, pattern, target.aspect, target.bands)
 
 
 def _intervals(rng: np.random.Generator, frames: int, n: int) -> list[tuple[int, int]]:
@@ -141,20 +166,25 @@ def _near(
     return cx + rng.uniform(-spread, spread) * width * zoom, cy + rng.uniform(-spread, spread) * height * zoom
 
 
-DECOY_SHARE = 0.5  # share of distractors that are other training videos' targets
+DECOY_SHARE = 0.5  # share of the unrelated distractors that are other training videos' targets
+TWINS = ("colour", "shape", "other")  # the scattered distractors cycle through these
 
 
 def _decoy_pool(look: Look, decoys: list[Look]) -> list[Look]:
-    """Training targets that may appear beside ``look``: another instance, none of its colours ``look``'s main one."""
-    return [d for d in decoys if d != look and look.primary not in (d.primary, d.secondary)]
+    """Training targets that may appear beside ``look``: other instances, not wearing ``look``'s main colour."""
+    return [
+        d for d in decoys if d != look and min(colour_distance(look.primary, c) for c in (d.primary, d.secondary)) > 60
+    ]
 
 
-def _other_look(
-    rng: np.random.Generator, kind: str, target: Look, taken: set[tuple[str, str]], plan: dict[str, Any]
-) -> Look:
-    """A distractor's look: a decoy (DECOY_SHARE of the time, drawn from ``plan``'s own generator so that
-    the rest of the video does not change with the decoys), else a new instance of ``kind``."""
-    look = _distractor_look(rng, kind, target, taken)
+def _distractor_look(rng: np.random.Generator, twin: str, target: Look, plan: dict[str, Any]) -> Look:
+    """A distractor of one kind (``TWINS``). An unrelated one is a decoy DECOY_SHARE of the time (drawn from
+    ``plan``'s own generator, so that the rest of the video does not change with the decoys)."""
+    if twin == "colour":
+        return colour_twin(rng, target)
+    if twin == "shape":
+        return shape_twin(rng, target)
+    look = random_look(rng, str(rng.choice(KINDS)), [target.primary, target.secondary])
     pool, pick = plan["decoy_pool"], plan["decoy_rng"]
     if pool and pick.random() < DECOY_SHARE:
         look = pool[int(pick.integers(len(pool)))]
@@ -162,12 +192,11 @@ def _other_look(
     return look
 
 
-def _objects(
-    rng: np.random.Generator, plan: dict[str, Any], taken: set[tuple[str, str]], decoys: list[Look]
-) -> tuple[list, list]:
+def _objects(rng: np.random.Generator, plan: dict[str, Any], decoys: list[Look]) -> tuple[list, list]:
     """The target (one object per visible interval) and the distractors, in landscape coordinates.
 
-    ``decoys`` are the training videos' target looks; ``plan["decoys"]`` collects the ones placed here.
+    ``decoys`` are the training videos' target looks; ``plan["decoys"]`` collects the ones placed here and
+    ``plan["twins"]`` counts the distractors of each kind.
     """
     cam, frames, width, height = plan["camera"], plan["frames"], plan["width"], plan["height"]
     look, unit = plan["look"], min(width / 640, height / 360)
@@ -175,24 +204,25 @@ def _objects(
     size = max(rng.uniform(*TARGET_PX) * unit, 9.0)
     targets, distractors = [], []
     plan["decoy_pool"] = _decoy_pool(look, decoys)
-    kinds = [look.kind] + [str(k) for k in rng.choice(KINDS, 3 + frames // 40)]
-    for i, kind in enumerate(kinds):  # spread over the flight, the first one of the target's own kind
+    plan["twins"] = dict.fromkeys(TWINS, 0)
+
+    def distractor(twin: str, dsize: float, x: float, y: float, t0: int) -> _Obj:
+        plan["twins"][twin] += 1
+        dlook = _distractor_look(rng, twin, look, plan)
+        return _Obj(rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360))), dsize, x, y, t0=t0)
+
+    for i in range(4 + frames // 40):  # spread over the flight
         t = int(rng.integers(0, frames))
         x, y = _near(rng, cam, t, 0.35, width, height)
-        dlook = _other_look(rng, kind, look, taken, plan)
-        dsize = max(rng.uniform(0.7, 1.3) * TARGET_PX[i % 2] * unit, 9.0)
-        distractors.append(_Obj(rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360))), dsize, x, y, t0=t))
+        distractors.append(distractor(TWINS[i % 3], max(rng.uniform(0.7, 1.3) * size, 9.0), x, y, t))
     for start, end in plan["spans"]:
         x, y = _near(rng, cam, (start + end) // 2, 0.2, width, height)
         v = rng.uniform(-0.25, 0.25, 2) * unit
         targets.append(_Obj(sprite, size, x, y, float(v[0]), float(v[1]), (start + end) // 2, (start, end)))
-        for _ in range(int(rng.integers(1, 3))):  # confusers close to the target, in the same frames
+        for twin in ("colour", "shape"):  # look-alikes close to the target, in the same frames
             ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(2.5, 5.0) * size
-            kind = look.kind if rng.random() < 0.5 else str(rng.choice(KINDS))
-            dlook = _other_look(rng, kind, look, taken, plan)
-            dsprite = rotate_crop(draw_sprite(dlook), float(rng.uniform(0, 360)))
-            dsize = size * rng.uniform(0.8, 1.25)
-            distractors.append(_Obj(dsprite, dsize, x + dist * np.cos(ang), y + dist * np.sin(ang), t0=start))
+            d = distractor(twin, size * rng.uniform(0.8, 1.25), x + dist * np.cos(ang), y + dist * np.sin(ang), start)
+            distractors.append(d)
     return targets, distractors
 
 
@@ -277,7 +307,8 @@ def _groups(boxes: dict[int, tuple[int, ...]], spans: list[tuple[int, int]]) -> 
 def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> dict[str, Any]:
     """Write one sample folder (references + video); returns its annotation entry."""
     rng = np.random.default_rng([ctx["seed"], index])
-    width, height, frames = ctx["width"], ctx["height"], ctx["frames"]
+    width, height = ctx["width"], ctx["height"]
+    frames = ctx["frames"] if vid in ctx["held_out"] else ctx["train_frames"]
     empty = vid in ctx["empty"]
     plan = {
         "frames": frames,
@@ -290,7 +321,7 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> di
         "decoys": [],
         "decoy_rng": np.random.default_rng([ctx["seed"], index, 1]),
     }
-    targets, distractors = _objects(rng, plan, ctx["taken"], ctx["decoys"])
+    targets, distractors = _objects(rng, plan, ctx["decoys"])
     canvas = aerial_canvas(rng, int(CANVAS * width), int(CANVAS * height))
     noise = [np.abs(rng.normal(0, 3, (2, height, width, 3))).astype(np.uint8) for _ in range(3)]
     refs = folder / "object_images"
@@ -303,6 +334,7 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> di
     boxes = _render(folder / "drone_video.mp4", plan, targets, distractors, canvas, noise)
     names = {lk: v for v, lk in ctx["looks"].items()}
     ctx["placed"][vid] = sorted({names[d] for d in plan["decoys"]})
+    ctx["twins"][vid] = plan["twins"]
     return {"video_id": vid, "annotations": _groups(boxes, plan["spans"])}
 
 
@@ -324,11 +356,13 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _summary(entries: list[dict[str, Any]], looks: dict[str, Look], val: list[str]) -> dict[str, dict[str, Any]]:
+def _summary(
+    entries: list[dict[str, Any]], looks: dict[str, Look], val: list[str], tune: list[str]
+) -> dict[str, dict[str, Any]]:
     return {
         e["video_id"]: {
             "kind": looks[e["video_id"]].kind,
-            "split": "val" if e["video_id"] in val else "train",
+            "split": "val" if e["video_id"] in val else "tune" if e["video_id"] in tune else "train",
             "intervals": len(e["annotations"]),
             "annotated_frames": sum(len(g["bboxes"]) for g in e["annotations"]),
         }
@@ -341,6 +375,9 @@ def write_demo(
     *,
     videos: int = 8,
     frames: int = 150,
+    train_frames: int | None = None,
+    val_videos: int | None = None,
+    tune_videos: int = 0,
     seed: int = 0,
     width: int = 640,
     height: int = 360,
@@ -348,28 +385,39 @@ def write_demo(
 ) -> dict[str, Any]:
     """Write the demo set in the challenge layout at ``out`` (plus ``splits.json`` and ``demo.json``).
 
-    Deterministic per arguments. ``out`` must be missing, empty or an earlier demo set (which is replaced).
-    Returns a summary: ``{"root", "train", "val", "empty", "videos": {id: {...}}}``.
+    ``train_frames`` (default ``frames``) is the length of the training videos, ``val_videos`` (default a
+    quarter) the number of held-out ones; ``tune_videos`` more videos, as long as the held-out ones and of
+    instances no training video shows, are listed in ``splits.json`` under ``"tune"`` (in neither ``train`` nor
+    ``val``): the videos on which notebook 06 chooses its thresholds and weights. Deterministic per arguments.
+    ``out`` must be missing, empty or an earlier demo set (which is replaced).
+    Returns a summary: ``{"root", "train", "val", "tune", "empty", "videos": {id: {...}}}``.
     """
-    if videos < 1 or frames < 12 or width < 64 or height < 64 or fps <= 0:
+    train_frames = frames if train_frames is None else train_frames
+    if videos < 1 or min(frames, train_frames) < 12 or width < 64 or height < 64 or fps <= 0:
         raise DemoError(
-            f"write_demo: need videos >= 1, frames >= 12, width/height >= 64, fps > 0; got "
-            f"videos={videos} frames={frames} width={width} height={height} fps={fps}"
+            f"write_demo: need videos >= 1, frames and train_frames >= 12, width/height >= 64, fps > 0; got "
+            f"videos={videos} frames={frames} train_frames={train_frames} width={width} height={height} fps={fps}"
         )
+    if val_videos is not None and not 0 <= val_videos < videos:
+        raise DemoError(f"write_demo: need 0 <= val_videos < videos; got val_videos={val_videos} videos={videos}")
+    if tune_videos < 0 or (val_videos or 0) + tune_videos >= videos:
+        raise DemoError(f"write_demo: need tune_videos >= 0 and a training video left; got tune_videos={tune_videos}")
     out = Path(out)
     _check_out(out)
-    ids, looks, val, empty = _assign(videos, seed)
+    ids, looks, val, tune, empty = _assign(videos, seed, val_videos, tune_videos)
     ctx = {
         "seed": seed,
         "width": width,
         "height": height,
         "frames": frames,
+        "train_frames": train_frames,
+        "held_out": set(val) | set(tune),
         "fps": fps,
         "looks": looks,
         "empty": empty,
-        "taken": {(lk.kind, lk.primary) for lk in looks.values()},
-        "decoys": [looks[v] for v in ids if v not in val],  # validation instances appear in no training video
+        "decoys": [looks[v] for v in ids if v not in val and v not in tune],  # held-out instances: in no training video
         "placed": {},
+        "twins": {},
     }
     clean_leftovers(out.parent, [out.name])
     tmp = make_temp_dir(out.parent, out.name)
@@ -379,9 +427,11 @@ def write_demo(
             for i, vid in enumerate(tqdm(ids, desc="demo videos", disable=None, leave=False))
         ]
         atomic_write_json(tmp / "annotations" / "annotations.json", entries)
-        train = [v for v in ids if v not in val]
-        atomic_write_json(tmp / "splits.json", {"train": train, "val": val})
-        params = {"videos": videos, "frames": frames, "seed": seed, "width": width, "height": height, "fps": fps}
+        train = [v for v in ids if v not in val and v not in tune]
+        atomic_write_json(tmp / "splits.json", {"train": train, "val": val, **({"tune": tune} if tune else {})})
+        params = {"videos": videos, "frames": frames, "train_frames": train_frames, "val_videos": len(val)}
+        params["tune_videos"] = len(tune)
+        params.update(seed=seed, width=width, height=height, fps=fps)
         atomic_write_json(
             tmp / MARKER,
             {
@@ -390,13 +440,15 @@ def write_demo(
                 "empty": empty,
                 "looks": {v: vars(lk) for v, lk in looks.items()},
                 "decoys": ctx["placed"],
+                "distractors": ctx["twins"],
             },
         )
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"root": str(out), "train": train, "val": val, "empty": empty, "videos": _summary(entries, looks, val)}
+    summary = {"root": str(out), "train": train, "val": val, "tune": tune, "empty": empty}
+    return {**summary, "videos": _summary(entries, looks, val, tune)}
 
 
 def read_demo_marker(root: str | Path) -> dict[str, Any]:

@@ -14,39 +14,74 @@ import cv2
 import numpy as np
 
 KINDS = ("Backpack", "Jacket", "Laptop", "Lifering", "MobilePhone", "WaterBottle", "Person1")
-PALETTE = {  # well separated colours; an instance is named by (kind, primary)
-    "red": (205, 35, 35),
-    "orange": (245, 135, 25),
-    "yellow": (240, 215, 40),
-    "blue": (30, 70, 215),
-    "cyan": (40, 210, 230),
-    "purple": (120, 45, 170),
-    "magenta": (225, 40, 190),
-    "pink": (250, 160, 195),
-    "white": (240, 240, 240),
-    "black": (25, 25, 30),
-}
-SECONDARY = {**PALETTE, "grey": (128, 128, 128), "lime": (150, 230, 60)}
 PATTERNS = ("solid", "hstripes", "vstripes", "diagonal", "checker", "dots")
+ASPECT = (0.8, 1.2)  # an instance's width / height against its kind's silhouette
+BANDS = (4, 7)  # pattern bands across the sprite
 AA = cv2.LINE_AA
+
+RGB = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
 class Look:
-    """The appearance of one object instance."""
+    """The appearance of one object instance: kind (silhouette), colours, pattern and proportions."""
 
     kind: str
-    primary: str
-    secondary: str
+    primary: RGB
+    secondary: RGB
     pattern: str
+    aspect: float = 1.0
+    bands: int = 5
+
+    @classmethod
+    def from_json(cls, d: dict) -> Look:
+        return cls(d["kind"], tuple(d["primary"]), tuple(d["secondary"]), d["pattern"], d["aspect"], d["bands"])
+
+
+def random_colour(rng: np.random.Generator) -> RGB:
+    """A saturated or a neutral colour: HSV with any hue (one in eight a grey, white or black)."""
+    if rng.random() < 0.125:
+        v = float(rng.choice([rng.uniform(20, 50), rng.uniform(110, 150), rng.uniform(215, 245)]))
+        return (int(v), int(v), int(v))
+    hsv = np.uint8([[[rng.integers(0, 180), rng.integers(120, 256), rng.integers(110, 250)]]])
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])  # type: ignore[return-value]
+
+
+def colour_distance(a: RGB, b: RGB) -> float:
+    return float(np.linalg.norm(np.subtract(a, b, dtype=np.float32)))
+
+
+def far_colour(rng: np.random.Generator, avoid: list[RGB], min_distance: float = 90.0) -> RGB:
+    """A random colour at least ``min_distance`` (RGB) from each of ``avoid`` (the best of 50 draws)."""
+    best, best_d = random_colour(rng), -1.0
+    for _ in range(50):
+        c = random_colour(rng)
+        d = min((colour_distance(c, a) for a in avoid), default=np.inf)
+        if d >= min_distance:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
+def jitter_colour(rng: np.random.Generator, c: RGB, amount: float = 12.0) -> RGB:
+    return tuple(int(v) for v in np.clip(np.add(c, rng.uniform(-amount, amount, 3)), 0, 255))  # type: ignore[return-value]
+
+
+def random_look(rng: np.random.Generator, kind: str, avoid: list[RGB] = ()) -> Look:
+    """A new instance of ``kind``: a main colour far from ``avoid``, a second colour far from the main one."""
+    primary = far_colour(rng, list(avoid))
+    secondary = far_colour(rng, [primary])
+    aspect = float(np.round(rng.uniform(*ASPECT), 3))
+    return Look(kind, primary, secondary, str(rng.choice(PATTERNS)), aspect, int(rng.integers(BANDS[0], BANDS[1] + 1)))
 
 
 # ---------------------------------------------------------------------------------------------- sprites
 
 
-def _pattern_mask(pattern: str, size: int) -> np.ndarray:
+def _pattern_mask(pattern: str, size: int, bands: int = 5) -> np.ndarray:
     yy, xx = np.indices((size, size))
-    p = max(size // 5, 2)  # coarse: a 20 px object still shows two or three bands
+    p = max(size // bands, 2)  # coarse: a 20 px object still shows two or three bands
     if pattern == "solid":
         return np.zeros((size, size), bool)
     if pattern == "hstripes":
@@ -144,9 +179,9 @@ def draw_sprite(look: Look, size: int = 128) -> np.ndarray:
     s = size
     body = _body_mask(look.kind, s)
     img = np.zeros((s, s, 3), np.uint8)
-    img[:] = PALETTE[look.primary]
-    second = SECONDARY[look.secondary]
-    img[_pattern_mask(look.pattern, s)] = second
+    img[:] = look.primary
+    second = look.secondary
+    img[_pattern_mask(look.pattern, s, look.bands)] = second
     _details(img, look.kind, s, second)
     if look.kind == "Person1":  # the head and arms are not clipped by the shoulder silhouette
         cv2.circle(body, (s // 2, int(0.52 * s)), int(0.17 * s), 255, -1, AA)
@@ -154,6 +189,8 @@ def draw_sprite(look: Look, size: int = 128) -> np.ndarray:
     shade = np.linspace(1.12, 0.85, s, dtype=np.float32)[None, :, None]  # light from the left
     out = img.astype(np.float32) * shade * (1.0 - 0.45 * edge[..., None] / 255.0)
     rgba = np.dstack([np.clip(out, 0, 255).astype(np.uint8), body])
+    if look.aspect != 1.0:  # the instance's proportions: wider or narrower than its kind's silhouette
+        rgba = cv2.resize(rgba, (max(int(round(s * look.aspect)), 2), s), interpolation=cv2.INTER_AREA)
     rgba.setflags(write=False)  # cached: shared by every caller
     return rgba
 

@@ -105,6 +105,24 @@ class Layout:
         return [v for v in ids if v not in val], val
 
 
+def read_tune_ids(root: str | Path, ids: list[str]) -> list[str]:
+    """``<root>/splits.json``'s optional ``"tune"`` list: labelled videos in neither split, on which inference
+    settings are chosen (notebook 06); [] without one."""
+    path = Path(root) / SPLITS
+    if not path.is_file():
+        return []
+    data = _load_json(path)
+    tune = data.get("tune", []) if isinstance(data, dict) else []
+    if not isinstance(tune, list):
+        raise LayoutError(f'{path}: "tune" must be a list of video ids')
+    for vid in tune:
+        if vid not in ids:
+            raise LayoutError(f"{path}: 'tune' names unknown video id {vid!r}")
+        if vid in data.get("train", []) or vid in data.get("val", []):
+            raise LayoutError(f"{path}: video {vid!r} is in 'tune' and in another split")
+    return [v for v in ids if v in tune]
+
+
 def _read_splits(path: Path, ids: list[str]) -> tuple[list[str], list[str]]:
     data = _load_json(path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("train", "val")):

@@ -1,17 +1,17 @@
-"""Per-frame candidate boxes and the reference colour check that re-ranks them.
+"""Per-frame candidate boxes and how one of them is chosen: detector score, re-identification, colour, tracks.
 
-The detector scores every anchor against the prototypes; whole-video inference keeps each frame's ``k`` best
-boxes after NMS (``top_candidates``) instead of only the best anchor, and measures how well each box's colours
-match the references' (``candidate_colours``: Bhattacharyya coefficient of centre-weighted soft RGB
-histograms, the same ``colour_histogram`` the support encoder's colour cue uses). ``select`` then picks one
-box per frame, by the detector's score alone (``ColourCheck(enabled=False)``) or by
+Whole-video inference keeps each frame's ``k`` best boxes after NMS (``top_candidates``) and, for each, two
+similarities with the references: ``reid``, the model's own match embedding of the box's crop against the
+references' (``models/match.py``, ``ReferenceMatch.crop_similarity``; 0 for a model without ``ref_match``) and
+``colour``, the Bhattacharyya coefficient of centre-weighted soft RGB histograms (``candidate_colours``).
+``Selection`` then ranks the candidates by
 
-    combined = (1 - model_weight) * colour ** power + model_weight * score
+    ranked = (1 - reid_weight) * score + reid_weight * reid
+    ranked = (1 - model_weight) * colour ** power + model_weight * ranked      (only with ``colour`` on)
 
-Why: a detector trained on a few instances learns *their* looks; on instances it never saw its prototype
-scores do not separate the target from look-alike distractors (docs/results.md, Validation), while the
-detector's boxes still cover the objects in the frame. The colour match is parameter-free, so it does not
-memorise the training instances. It can be switched off, and 06 reports the detector alone beside it.
+and picks one box per frame: the best ranked, or, with ``tracks`` on, the candidate of the best track alive in
+the frame (``eval/tracks.py``). Every weight is chosen on training videos (notebook 06); the colour rule has no
+learnt part, is blind to shape and is off unless chosen there.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, roi_align
 
+from refdet_core.eval.tracks import TrackConfig, select_by_track
 from refdet_core.models.head import dfl_decode
 from refdet_core.models.support_encoder import colour_histogram
 
@@ -30,44 +31,58 @@ PRE_NMS = 100  # anchors per frame considered before NMS
 
 
 @dataclass(frozen=True)
-class ColourCheck:
-    enabled: bool = True  # False: the detector's score alone picks the box
+class Selection:
+    """How each frame's box is picked among its candidates (the module docstring gives the ranking)."""
+
+    colour: bool = False  # the colour rule on top of the ranking
     candidates: int = 10  # boxes per frame kept after NMS
     nms_iou: float = 0.5
     bins: int = 4  # RGB bins per channel of the histograms
     power: float = 4.0  # sharpens the colour match (Bhattacharyya coefficients of unrelated crops sit near 0.6)
-    model_weight: float = 0.25  # share of the detector's score in the combined score
+    model_weight: float = 0.25  # share of the detector's (and re-ID's) ranking in the colour rule
+    reid_weight: float = 0.0  # share of the re-identification similarity in the ranking
+    tracks: bool = False  # pick per track (eval/tracks.py), not per frame
 
     def __post_init__(self) -> None:
         if self.candidates < 1 or self.bins < 2 or self.power <= 0 or not 0.0 <= self.model_weight <= 1.0:
             raise ValueError(f"need candidates >= 1, bins >= 2, power > 0, 0 <= model_weight <= 1; got {self}")
         if not 0.0 < self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        if not 0.0 <= self.reid_weight <= 1.0:
+            raise ValueError(f"reid_weight must be in [0, 1], got {self.reid_weight}")
 
 
 @dataclass
 class Candidates:
     """Each frame's candidate boxes: scores (T, K) detector sigmoid, boxes (T, K, 4) xyxy native px clipped,
-    valid (T, K) False for padding and boxes empty after clipping, colour (T, K) match with the references."""
+    valid (T, K) False for padding and boxes empty after clipping, colour (T, K) and reid (T, K) similarities
+    with the references."""
 
     scores: np.ndarray
     boxes: np.ndarray
     valid: np.ndarray
     colour: np.ndarray
+    reid: np.ndarray
+
+    FIELDS = ("scores", "boxes", "valid", "colour", "reid")
 
     @classmethod
     def concat(cls, parts: list[Candidates]) -> Candidates:
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("scores", "boxes", "valid", "colour")))
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
 
-    def combined(self, check: ColourCheck) -> np.ndarray:
+    def combined(self, check: Selection) -> np.ndarray:
         """(T, K) the score each candidate is ranked by (and that post-processing thresholds)."""
-        if not check.enabled:
-            return self.scores
-        w = check.model_weight
-        return ((1.0 - w) * np.clip(self.colour, 0.0, 1.0) ** check.power + w * self.scores).astype(np.float32)
+        w = check.reid_weight
+        ranked = self.scores if w == 0 else (1.0 - w) * self.scores + w * np.clip(self.reid, 0.0, 1.0)
+        if check.colour:
+            w = check.model_weight
+            ranked = (1.0 - w) * np.clip(self.colour, 0.0, 1.0) ** check.power + w * ranked
+        return ranked.astype(np.float32)
 
-    def select(self, check: ColourCheck) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def select(self, check: Selection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One box per frame -> scores (T,), boxes (T, 4), valid (T,) (False where no candidate is valid)."""
+        if check.tracks:
+            return select_by_track(self.boxes, self.combined(check), self.valid, TrackConfig(enabled=True))
         ranked = np.where(self.valid, self.combined(check), -np.inf)
         idx = ranked.argmax(axis=1)
         rows = np.arange(len(idx))

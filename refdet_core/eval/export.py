@@ -43,34 +43,45 @@ OPSET = 18
 
 
 def proto_names(model: RefDet) -> list[str]:
-    """Input / output names of the per-scale prototypes: ``proto_p2`` .. ``proto_p5`` (P3..P5 without P2)."""
+    """Input / output names of what the references give: the per-scale prototypes ``proto_p2`` .. ``proto_p5``
+    (P3..P5 without P2), then, with ``ref_match``, the match templates ``match_p2`` .. ``match_p5``."""
     first = 2 if model.cfg.use_p2 else 3
-    return [f"proto_p{first + i}" for i in range(len(model.head.strides))]
+    levels = range(first, first + len(model.head.strides))
+    return [f"proto_p{i}" for i in levels] + ([f"match_p{i}" for i in levels] if model.match is not None else [])
+
+
+def reference_tensors(model: RefDet, support: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors named by ``proto_names``, from (N, K, 3, Ss, Ss) references."""
+    protos = model.encode_support(support)
+    return (*protos.per_scale, *protos.templates)
 
 
 class QueryGraph(nn.Module):
-    """query uint8 (B, 3, S, S) + prototypes per scale (N, D_s) -> boxes (B, A, 4) xyxy px, scores (B, A, N)."""
+    """query uint8 (B, 3, S, S) + prototypes per scale (N, D_s) [+ match templates per scale (N, K, D)] ->
+    boxes (B, A, 4) xyxy px, scores (B, A, N)."""
 
     def __init__(self, model: RefDet) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, query: torch.Tensor, *prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        protos = list(prototypes)
-        fused = self.model.fusion(self.model.forward_features(query), protos)
-        out = self.model.head(fused, protos)
-        return out.boxes(), out.scores.sigmoid()
+    def forward(self, query: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.model.head.strides)
+        protos, templates = list(tensors[:n]), list(tensors[n:])
+        feats = self.model.forward_features(query)
+        out = self.model.head(self.model.fusion(feats, protos), protos)
+        scores = out.scores if not templates else out.scores + self.model.match.scores(feats, templates)
+        return out.boxes(), scores.sigmoid()
 
 
 class SupportGraph(nn.Module):
-    """support uint8 (N, K, 3, Ss, Ss) -> per-scale prototypes (N, D_s)."""
+    """support uint8 (N, K, 3, Ss, Ss) -> per-scale prototypes (N, D_s) [+ match templates (N, K, D)]."""
 
     def __init__(self, model: RefDet) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, support: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model.encode_support(support).per_scale)
+        return reference_tensors(self.model, support)
 
 
 def example_inputs(
@@ -154,8 +165,8 @@ def _io_names(protos: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return support_names, query_names
 
 
-def _manifest(dims: dict[str, int], *, img_size: int, support_size: int, k_shot: int, opset: int) -> dict[str, Any]:
-    """``export.json``: sizes, names and shapes of both graphs (``dims``: prototype name -> D_s)."""
+def _manifest(dims: dict[str, list], *, img_size: int, support_size: int, k_shot: int, opset: int) -> dict[str, Any]:
+    """``export.json``: sizes, names and shapes of both graphs (``dims``: prototype name -> shape after N)."""
     return {
         "img_size": img_size,
         "support_size": support_size,
@@ -163,12 +174,12 @@ def _manifest(dims: dict[str, int], *, img_size: int, support_size: int, k_shot:
         "opset": opset,
         "support": {
             "inputs": {"support": ["n", k_shot, 3, support_size, support_size]},
-            "outputs": {p: ["n", d] for p, d in dims.items()},
+            "outputs": {p: ["n", *d] for p, d in dims.items()},
         },
         "query": {
             "inputs": {
                 "query": ["batch", 3, img_size, img_size],
-                **{p: ["n", d] for p, d in dims.items()},
+                **{p: ["n", *d] for p, d in dims.items()},
             },
             "outputs": {"boxes": ["batch", "anchors", 4], "scores": ["batch", "anchors", "n"]},
         },
@@ -211,12 +222,12 @@ def export_onnx(
     protos = proto_names(model)
     query, support = example_inputs(model, img_size=img_size, support_size=support_size, k_shot=k_shot)
     with torch.no_grad():
-        example_protos = tuple(model.encode_support(support).per_scale)
+        example_protos = reference_tensors(model, support)
     paths = {"query": out / "query.onnx", "support": out / "support.onnx", "manifest": out / "export.json"}
     support_names, query_names = _io_names(protos)
     _export(SupportGraph(model), (support,), paths["support"], support_names, opset)
     _export(QueryGraph(model), (query, *example_protos), paths["query"], query_names, opset)
-    dims = {p: int(t.shape[1]) for p, t in zip(protos, example_protos)}
+    dims = {p: [int(d) for d in t.shape[1:]] for p, t in zip(protos, example_protos)}
     manifest = _manifest(dims, img_size=img_size, support_size=support_size, k_shot=k_shot, opset=opset)
     atomic_write_json(paths["manifest"], manifest)
     log.info("exported %s and %s", paths["query"], paths["support"])
@@ -254,7 +265,7 @@ def compare_onnx(
     ort_protos = sup.run(names, {"support": support.numpy()})
     ort_boxes, ort_scores = qry.run(["boxes", "scores"], {"query": query.numpy(), **dict(zip(names, ort_protos))})
     with torch.no_grad():
-        ref_protos = model.encode_support(support).per_scale
+        ref_protos = reference_tensors(model, support)
         out = model(query, support)
     diffs = {n: float(np.abs(o - r.numpy()).max()) for n, o, r in zip(names, ort_protos, ref_protos)}
     diffs["boxes"] = float(np.abs(ort_boxes - out.boxes().numpy()).max())

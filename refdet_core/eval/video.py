@@ -4,15 +4,15 @@ The loop (DESIGN.md section 6): the references are read, letterboxed to ``suppor
 per video (``RefDet.set_reference_images`` with N = 1); the video is decoded front to back by a reader thread
 that letterboxes each frame exactly as the frame store does for training (``data.frames.letterbox``) while the
 model works on the previous batch; frames are batched; per frame the best boxes after NMS are kept as
-candidates (``eval.candidates``), mapped back to native pixels (``Letterbox.to_native``) and clipped to the
-frame, and one wins: the top prototype score (sigmoid), or, with the reference colour check on (the default),
-the combined score of colour match and detector score; then ``eval.postprocess`` (hysteresis, gap filling,
-minimum length, smoothing) turns the per-frame detections into a track.
+candidates (``eval.candidates``) with their re-identification and colour similarities to the references,
+mapped back to native pixels (``Letterbox.to_native``) and clipped to the frame, and one wins (``Selection``:
+by score, re-ID and optionally colour, per frame or per track); then ``eval.postprocess`` (hysteresis, gap
+filling, minimum length, smoothing) turns the per-frame detections into a track.
 
 Post-processing thresholds, the candidate selection and the precision come from the checkpoint folder's
 ``inference.json`` when there is one: notebook 06 writes there the settings it chose on the training videos
 (``save_inference``), so ``refdet predict`` gives the notebook's answers. Without it, ``meta.json``'s
-``"postprocess"`` / ``"colour_check"`` mappings, else the ``PostprocessConfig`` and ``ColourCheck`` defaults.
+``"postprocess"`` / ``"selection"`` mappings, else the ``PostprocessConfig`` and ``Selection`` defaults.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from refdet_core.data.probe import check_decoded, expected_frames
 from refdet_core.device import pick_device
 from refdet_core.eval.candidates import (
     Candidates,
-    ColourCheck,
+    Selection,
     candidate_colours,
     reference_histograms,
     top_candidates,
@@ -89,7 +89,7 @@ class VideoResult:
         """The same detections with the track recomputed under other post-processing settings."""
         return replace(self, track=postprocess_scored(self.frames, self.post_scores(), self.boxes, post))
 
-    def reselect(self, check: ColourCheck, post: PostprocessConfig) -> VideoResult:
+    def reselect(self, check: Selection, post: PostprocessConfig) -> VideoResult:
         """The same candidates with each frame's box picked under another colour check, then ``post``."""
         assert self.candidates is not None, f"{self.video_id}: no candidates stored"
         scores, boxes, valid = self.candidates.select(check)
@@ -190,8 +190,8 @@ class VideoPredictor:
         post: temporal post-processing settings. batch: frames per forward pass. k_shot: references per video
             (the first ``k_shot`` images, repeated when fewer, as the episode dataset does).
         precision: "fp32" or "bf16" (autocast). channels_last: NHWC activations for the query path.
-        check: how each frame's box is picked among its candidates (``eval.candidates``; default: the
-            reference colour check on).
+        check: how each frame's box is picked among its candidates (``eval.candidates``; default: by the
+            detector's score).
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class VideoPredictor:
         k_shot: int = 3,
         precision: str = "fp32",
         channels_last: bool = False,
-        check: ColourCheck | None = None,
+        check: Selection | None = None,
     ) -> None:
         if getattr(model.head, "mode", "prototype") == "standard":
             raise ValueError("video inference needs prototype scores; the model's head_mode is 'standard'")
@@ -220,8 +220,9 @@ class VideoPredictor:
         self.img_size, self.support_size, self.k_shot = img_size, support_size, k_shot
         self.post, self.batch = post, batch
         self.precision, self.channels_last = precision, channels_last
-        self.check = ColourCheck() if check is None else check
+        self.check = Selection() if check is None else check
         self.ref_hist: torch.Tensor | None = None
+        self.match = getattr(self.model, "match", None)  # the re-ID embedding of models/match.py, if trained
         self.stage_s: dict[str, float] = defaultdict(float)  # wall seconds per stage (host clock: exact on CPU)
 
     def _autocast(self):
@@ -247,7 +248,8 @@ class VideoPredictor:
     @torch.inference_mode()
     def detect(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Letterboxed frames (B, S, S, 3) uint8 RGB -> each frame's K candidates: scores (B, K), boxes
-        (B, K, 4) xyxy letterbox px, colour match with the references (B, K) (``set_references`` first)."""
+        (B, K, 4) xyxy letterbox px, colour and re-ID similarity with the references (B, K) each
+        (``set_references`` first)."""
         assert self.ref_hist is not None, "set_references before detect"
         x = torch.as_tensor(frames).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, S, S)
         assert x.shape[1:] == (3, self.img_size, self.img_size), f"frames {tuple(x.shape)} vs img_size {self.img_size}"
@@ -255,9 +257,20 @@ class VideoPredictor:
         scores, boxes = self.candidates_of(x)
         t0 = time.perf_counter()
         colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
-        out = tuple(t.float().cpu().numpy() for t in (scores, boxes, colour))
-        self.stage_s["candidates"] += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if self.match is not None:
+            with self._autocast():
+                reid = self.match.crop_similarity(self.model.backbone, x.float() / 255.0, boxes, self.templates())
+        else:
+            reid = torch.zeros_like(scores)
+        out = tuple(t.float().cpu().numpy() for t in (scores, boxes, colour, reid))
+        self.stage_s["candidates"] += t1 - t0
+        self.stage_s["reid"] += time.perf_counter() - t1
         return out
+
+    def templates(self) -> list[torch.Tensor]:
+        """The references' match templates per scale (1, K, D) (``set_references`` first)."""
+        return self.model._cache.templates
 
     def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames (B, 3, S, S) uint8 -> each frame's candidates: scores (B, K) sigmoid, boxes (B, K, 4) letterbox px."""
@@ -287,16 +300,16 @@ class VideoPredictor:
         layout probe, so the file is not opened a second time to count it.
         """
         video_id = video_id or Path(video_path).parent.name
-        memory.stream_frames()  # RSS stays flat however long the video (speed/memory.py says why)
+        memory.stream_frames()  # RSS stays flat however long the video (refdet_core/memory.py says why)
         t0 = time.perf_counter()
         self.set_references(reference_paths)
         frames, parts = [], []
         width = height = 0
         with tqdm(total=frames_hint or None, desc=video_id, unit="frame", disable=not progress) as bar:
             for batch, lb, first, (width, height) in prefetch(frame_batches(video_path, self.img_size, self.batch)):
-                s, b, colour = self.detect(batch)
+                s, b, colour, reid = self.detect(batch)
                 b, ok = clip_boxes(lb.to_native(b.reshape(-1, 4)), width, height)
-                parts.append(Candidates(s, b.reshape(s.shape + (4,)), ok.reshape(s.shape) & (s > 0), colour))
+                parts.append(Candidates(s, b.reshape(s.shape + (4,)), ok.reshape(s.shape) & (s > 0), colour, reid))
                 frames.append(np.arange(first, first + len(batch)))
                 bar.update(len(batch))
         self.model.clear_cache()
@@ -321,27 +334,27 @@ INFERENCE_FILE = "inference.json"  # in the checkpoint folder: the inference set
 
 
 def save_inference(
-    ckpt_dir: str | Path, *, post: PostprocessConfig, check: ColourCheck, precision: str = "fp32", **notes
+    ckpt_dir: str | Path, *, post: PostprocessConfig, check: Selection, precision: str = "fp32", **notes
 ) -> Path:
     """Write the post-processing, candidate selection and precision chosen for a checkpoint beside its weights
     (``inference.json``), so that ``refdet predict`` applies them. ``notes`` (e.g. what they were chosen on)
     are kept for the reader. A new checkpoint save replaces the folder, and with it these settings."""
     path = Path(ckpt_dir) / INFERENCE_FILE
-    atomic_write_json(path, {"postprocess": vars(post), "colour_check": vars(check), "precision": precision, **notes})
+    atomic_write_json(path, {"postprocess": vars(post), "selection": vars(check), "precision": precision, **notes})
     return path
 
 
 def inference_settings(ckpt_dir: str | Path, meta: Mapping) -> dict:
-    """``{"postprocess": {...}, "colour_check": {...}, "precision"?: str}`` of a checkpoint folder."""
+    """``{"postprocess": {...}, "selection": {...}, "precision"?: str}`` of a checkpoint folder."""
     path = Path(ckpt_dir) / INFERENCE_FILE
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise VideoError(f"{path}: not valid JSON ({err})") from None
-        return {"postprocess": saved.get("postprocess", {}), "colour_check": saved.get("colour_check", {}),
+        return {"postprocess": saved.get("postprocess", {}), "selection": saved.get("selection", {}),
                 "precision": saved.get("precision", "fp32")}  # fmt: skip
-    return {"postprocess": meta.get("postprocess", {}), "colour_check": meta.get("colour_check", {})}
+    return {"postprocess": meta.get("postprocess", {}), "selection": meta.get("selection", {})}
 
 
 def load_predictor(
@@ -352,18 +365,18 @@ def load_predictor(
     batch: int = 8,
     precision: str | None = None,
     channels_last: bool = False,
-    check: ColourCheck | None = None,
+    check: Selection | None = None,
 ) -> VideoPredictor:
     """A VideoPredictor over the RefDet of a checkpoint folder (its config.yaml and meta.json give the model).
 
     ``post``, ``check`` and ``precision`` None: the checkpoint's saved inference settings (``inference_settings``:
-    ``inference.json``, else ``meta.json``), else the PostprocessConfig / ColourCheck defaults and fp32.
+    ``inference.json``, else ``meta.json``), else the PostprocessConfig / Selection defaults and fp32.
     Raises CheckpointError (one line) for a missing or incomplete checkpoint.
     """
     model, cfg, meta = model_from_checkpoint(ckpt_dir)
     saved = inference_settings(ckpt_dir, meta)
     post = PostprocessConfig(**saved["postprocess"]) if post is None else post
-    check = ColourCheck(**saved["colour_check"]) if check is None else check
+    check = Selection(**saved["selection"]) if check is None else check
     precision = precision or saved.get("precision", "fp32")
     return VideoPredictor(
         model,
@@ -462,12 +475,12 @@ def predict_to_submission(
         ratio = post.leave / post.enter if post.enter > 0 else 0.6
         predictor.post = replace(post, enter=float(enter), leave=float(enter) * ratio)
     if colour_check is not None:
-        predictor.check = replace(predictor.check, enabled=bool(colour_check))
+        predictor.check = replace(predictor.check, colour=bool(colour_check))
     results = predict_layout(data_root, predictor, progress=progress, frames_hint=expected)
     paths = {vid: layout.videos[vid].video_path for vid in results}
     check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)
     write_submission(out_path, tracks(results), list(results))
-    settings = {"postprocess": vars(predictor.post), "colour_check": vars(predictor.check)}
+    settings = {"postprocess": vars(predictor.post), "selection": vars(predictor.check)}
     return {**throughput(results), "out": str(out_path), **settings, "precision": predictor.precision}
 
 
@@ -498,7 +511,7 @@ def retrack_all(results: Mapping[str, VideoResult], post: PostprocessConfig) -> 
 
 
 def reselect_all(
-    results: Mapping[str, VideoResult], check: ColourCheck, post: PostprocessConfig
+    results: Mapping[str, VideoResult], check: Selection, post: PostprocessConfig
 ) -> dict[str, VideoResult]:
     return {vid: r.reselect(check, post) for vid, r in results.items()}
 

@@ -29,11 +29,13 @@ def _counts(module: nn.Module) -> dict[str, int]:
 
 
 def param_table(model: RefDet) -> pd.DataFrame:
-    """Rows support_encoder, backbone, fusion, head, total; columns total, trainable, frozen, budget_share.
+    """Rows support_encoder, backbone, fusion, head (match with ``ref_match``), total; columns total, trainable, frozen, budget_share.
 
     INT8-quantized encoder blocks hold packed weights that are not parameters and are not counted.
     """
     rows = {name: _counts(getattr(model, name)) for name in MODULES}
+    if model.match is not None:  # ref_match's projections
+        rows["match"] = _counts(model.match)
     rows["total"] = _counts(model)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table["budget_share"] = table["total"] / BUDGET
@@ -45,7 +47,8 @@ def param_summary(cfg: RefDetConfig) -> dict:
     model built from ``cfg`` (num_base_classes = cfg.model.num_base_classes or 7)."""
     model = RefDet(cfg.model, num_base_classes=cfg.model.num_base_classes or 7)
     table = param_table(model)
-    modules = {name: {k: int(table.loc[name, k]) for k in ("total", "trainable", "frozen")} for name in MODULES}
+    names = [n for n in table.index if n != "total"]
+    modules = {name: {k: int(table.loc[name, k]) for k in ("total", "trainable", "frozen")} for name in names}
     total = table.loc["total"]
     return {"modules": modules, "total": int(total["total"]), "trainable": int(total["trainable"])}
 

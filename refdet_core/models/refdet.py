@@ -15,6 +15,7 @@ from refdet_core.config import ConfigError, ModelConfig
 from refdet_core.models.backbone import YoloBackbone, load_ultralytics_state_dict, read_ultralytics_file, scale_channels
 from refdet_core.models.fusion import FUSION
 from refdet_core.models.head import HEAD_MODES, DualHead, HeadOutput
+from refdet_core.models.match import ReferenceMatch
 from refdet_core.models.support_encoder import ENCODERS, Prototypes, SupportEncoder
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,19 @@ class RefDet(nn.Module):
             mode=cfg.head_mode,
             hidden=4 * scale_channels(128, cfg.width),  # the fused P2 width, also when P2 is off
         )
+        self.match = None
+        if cfg.ref_match and cfg.head_mode != "standard":
+            self.match = ReferenceMatch(in_channels=self.backbone.out_channels, dim=cfg.match_dim, size=cfg.match_size)
         self._cache: Prototypes | None = None
 
     def encode_support(self, support: torch.Tensor) -> Prototypes:
-        """(N, K, 3, Ss, Ss) uint8 or float -> Prototypes, per_scale (N, D_s); gradients reach trainable parts."""
-        return self.support_encoder(prepare_support(support))
+        """(N, K, 3, Ss, Ss) uint8 or float -> Prototypes, per_scale (N, D_s) and, with ``ref_match``, the match
+        templates (N, K, D) per scale; gradients reach trainable parts."""
+        support = prepare_support(support)
+        protos = self.support_encoder(support)
+        if self.match is not None:
+            protos.templates = self.match.templates(self.backbone, support)
+        return protos
 
     def forward_features(self, query: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, S, S) uint8 or float -> per scale (B, C_s, S / stride_s, S / stride_s), P2..P5 or P3..P5."""
@@ -130,19 +139,25 @@ class RefDet(nn.Module):
         """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``.
 
         ``support_tokens`` (N, K, T, E): frozen-prefix encoder tokens from a support-feature cache; the trainable
-        blocks and projections still run here, so gradients reach them as with ``support``.
+        blocks and projections still run here, so gradients reach them as with ``support`` (which the match
+        path of ``ref_match`` still needs beside the tokens).
         """
         if support_tokens is not None:
-            assert support is None and not use_cache, "pass support images, use_cache or support_tokens, not two"
-            k = support_tokens.shape[1]
-            prototypes = self.support_encoder.from_frozen(support_tokens.flatten(0, 1), k=k).per_scale
+            assert not use_cache, "pass support images or support_tokens, not use_cache"
+            protos = self.support_encoder.from_frozen(support_tokens.flatten(0, 1), k=support_tokens.shape[1])
+            if self.match is not None:
+                assert support is not None, "ref_match needs the support images beside support_tokens"
+                protos.templates = self.match.templates(self.backbone, prepare_support(support))
         else:
-            prototypes = self._prototypes(support, use_cache)  # per scale (N, D_s), None in standard mode
+            protos = self._prototypes(support, use_cache)  # None in standard mode
+        prototypes = None if protos is None else protos.per_scale
         feats = self.forward_features(query)
-        fused = self.fusion(feats, prototypes)
-        return self.head(fused, prototypes)
+        out = self.head(self.fusion(feats, prototypes), prototypes)
+        if self.match is not None:
+            out.scores = out.scores + self.match.scores(feats, protos.templates)
+        return out
 
-    def _prototypes(self, support: torch.Tensor | None, use_cache: bool) -> list[torch.Tensor] | None:
+    def _prototypes(self, support: torch.Tensor | None, use_cache: bool) -> Prototypes | None:
         if self.head.mode == "standard":
             return None
         if use_cache:
@@ -150,10 +165,10 @@ class RefDet(nn.Module):
                 raise ValueError("pass either support images or use_cache=True, not both")
             if self._cache is None:
                 raise RuntimeError("use_cache=True but no references are cached; call set_reference_images first")
-            return self._cache.per_scale
+            return self._cache
         if support is None:
             raise ValueError(f"head_mode {self.head.mode!r} needs support images (or use_cache=True)")
-        return self.encode_support(support).per_scale
+        return self.encode_support(support)
 
     @torch.no_grad()
     def set_reference_images(self, support: torch.Tensor) -> Prototypes:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
@@ -72,16 +72,18 @@ def colour_histogram(x: torch.Tensor, bins: int) -> torch.Tensor:
 
 @dataclass
 class Prototypes:
-    """Prototypes of the N episode videos: ``per_scale[s]`` is (N, D_s), P2..P5 (or P3..P5)."""
+    """Prototypes of the N episode videos: ``per_scale[s]`` is (N, D_s), P2..P5 (or P3..P5); ``templates[s]``
+    (N, K, D) the references' match vectors (``models/match.py``; empty without ``ref_match``)."""
 
     per_scale: list[torch.Tensor]
+    templates: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def n(self) -> int:
         return self.per_scale[0].shape[0]
 
     def detach(self) -> Prototypes:
-        return Prototypes([p.detach() for p in self.per_scale])
+        return Prototypes([p.detach() for p in self.per_scale], [t.detach() for t in self.templates])
 
 
 def cached_weights_path(name: str) -> str | None:

@@ -46,7 +46,8 @@ RSS_EVERY_S = 0.1
 
 class OnnxPredictor(VideoPredictor):
     """A VideoPredictor whose model runs in onnxruntime: ``support.onnx`` once per video, ``query.onnx`` per batch
-    with the prototypes as inputs; candidates, colour check and post-processing are the torch predictor's."""
+    with the prototypes as inputs; candidates, re-ID crops (the torch model's backbone), the colour rule and
+    post-processing are the torch predictor's."""
 
     def __init__(self, base: VideoPredictor, support: Path, query: Path, *, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -67,6 +68,9 @@ class OnnxPredictor(VideoPredictor):
         refs = self.reference_tensor(reference_paths)
         self.ref_hist = reference_histograms(refs[0], self.check.bins)
         self.protos = dict(zip(self.names, self.support_session.run(self.names, {"support": refs.numpy()})))
+
+    def templates(self) -> list[torch.Tensor]:
+        return [torch.from_numpy(v) for n, v in self.protos.items() if n.startswith("match_")]
 
     def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()

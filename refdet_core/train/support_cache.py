@@ -105,9 +105,10 @@ def make_forward(model: nn.Module, cfg: RefDetConfig) -> Callable[[nn.Module, An
         return lambda net, batch: net(batch.query, batch.support)
     cache = SupportFeatureCache(encoder)
     model.support_feature_cache = cache  # visible to the profiler and notebooks
+    match = getattr(model, "match", None) is not None  # the match path reads the images beside the tokens
 
     def forward(net: nn.Module, batch: Any) -> Any:
         tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)
-        return net(batch.query, support_tokens=tokens)
+        return net(batch.query, batch.support if match else None, support_tokens=tokens)
 
     return forward

@@ -1,0 +1,93 @@
+"""Reference matching through the query backbone: a siamese score that compares like with like.
+
+The prototypes come from the DINOv3 encoder, the query features from YOLOv8; a head that scores one against the
+other has to learn how the two networks relate, and with few training instances it learns *which* instances were
+targets instead. Here the reference photos also go through the query backbone (shrunk to ``size`` px, so that
+the object has about the scale it has in a frame), one shared 1x1 projection per scale maps reference and frame
+features alike, and the score of a frame position is its best cosine with the centre-weighted mean of a
+reference's features (max over the K references). The same function embeds a candidate box cut from a frame
+(``embed_crops``), which is the re-identification score of whole-video inference.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+CENTRE_SIGMA = 0.25  # centre weighting of the reference features, Gaussian sigma as a share of the side
+CROP_CONTEXT = 1.8  # a candidate crop spans this many times the box's long side (references: object 40-70 %)
+
+
+def centre_weights(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(h, w) Gaussian weights around the image centre, summing to 1."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h - 0.5
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w - 0.5
+    g = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * CENTRE_SIGMA**2))
+    return g / g.sum()
+
+
+class ReferenceMatch(nn.Module):
+    """Per-scale projections shared by references and frames, and a learnt scale of the match logit.
+
+    Args:
+        in_channels: backbone channels per scale (the levels the head scores).
+        dim: projection width.
+        size: side the references (and candidate crops) are resized to before the backbone.
+    """
+
+    def __init__(self, *, in_channels: tuple[int, ...], dim: int = 64, size: int = 64) -> None:
+        super().__init__()
+        self.size = size
+        self.proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.log_scale = nn.Parameter(torch.tensor(2.0))  # logit = exp(log_scale) * (cos - offset)
+        self.offset = nn.Parameter(torch.tensor(0.5))
+
+    def embed(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone maps of centred images (M, C_s, h, w) -> per scale (M, D) unit vectors."""
+        out = []
+        for proj, f in zip(self.proj, feats):
+            e = proj(f.float() if f.dtype != proj.weight.dtype else f).float()
+            w = centre_weights(e.shape[-2], e.shape[-1], e.device)
+            out.append(F.normalize((e * w).sum(dim=(2, 3)), dim=1))
+        return out
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size)."""
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+
+    def templates(self, backbone: nn.Module, support: torch.Tensor) -> list[torch.Tensor]:
+        """support (N, K, 3, S, S) float in [0, 1] -> per scale (N, K, D) unit vectors (gradients reach the
+        backbone and the projections)."""
+        n, k = support.shape[:2]
+        return [t.view(n, k, -1) for t in self.embed(backbone(self.resize(support.flatten(0, 1))))]
+
+    def scores(self, feats: list[torch.Tensor], templates: list[torch.Tensor]) -> torch.Tensor:
+        """Frame maps per scale (B, C_s, H_s, W_s), templates per scale (N, K, D) -> logits (B, A, N)."""
+        out = []
+        for proj, f, t in zip(self.proj, feats, templates):
+            q = F.normalize(proj(f).float(), dim=1)  # (B, D, H, W)
+            cos = torch.einsum("bdhw,nkd->bnkhw", q, t.float()).amax(dim=2)  # (B, N, H, W)
+            out.append(cos.flatten(2).transpose(1, 2))  # (B, H*W, N)
+        return self.logit(torch.cat(out, dim=1))
+
+    def logit(self, cos: torch.Tensor) -> torch.Tensor:
+        return self.log_scale.exp() * (cos - self.offset)
+
+    def crop_similarity(
+        self, backbone: nn.Module, frames: torch.Tensor, boxes: torch.Tensor, templates: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """Best cosine over the references of each candidate box, averaged over scales.
+
+        frames (B, 3, S, S) float in [0, 1]; boxes (B, C, 4) xyxy in the same px; templates per scale (1, K, D)
+        (one video's references) -> (B, C) in [-1, 1].
+        """
+        b, c = boxes.shape[:2]
+        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+        half = (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * CROP_CONTEXT / 2
+        square = torch.cat([centre - half, centre + half], dim=-1).float()  # (B, C, 4)
+        crops = roi_align(frames.float(), list(square), output_size=self.size, aligned=True)  # (B*C, 3, s, s)
+        embedded = self.embed(backbone(crops))  # per scale (B*C, D)
+        cos = [e @ t[0].float().t() for e, t in zip(embedded, templates)]  # (B*C, K) per scale
+        return torch.stack([x.amax(dim=1) for x in cos]).mean(dim=0).reshape(b, c)

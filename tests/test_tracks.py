@@ -1,0 +1,109 @@
+"""Tracks over candidates (eval/tracks.py) and the selection arms of the validation protocol (eval/validate.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refdet_core.eval.candidates import Candidates, Selection
+from refdet_core.eval.postprocess import PostprocessConfig
+from refdet_core.eval.tracks import TrackConfig, box_iou, link, track_scores
+from refdet_core.eval.validate import ARMS, arm_grid, choose, fixed_choice, swap_pairs, with_target
+from refdet_core.eval.video import VideoResult
+
+
+def _two_objects(n: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two static objects; object A scores 0.6 in every frame, look-alike B 0.9 in two frames and 0.1 else."""
+    a, b = [10.0, 10.0, 20.0, 20.0], [60.0, 60.0, 70.0, 70.0]
+    boxes = np.tile(np.array([a, b], np.float32), (n, 1, 1))
+    scores = np.tile(np.array([0.6, 0.1], np.float32), (n, 1))
+    scores[[3, 7], 1] = 0.9
+    return boxes, scores, np.ones((n, 2), bool)
+
+
+def test_link_follows_each_object_and_starts_new_tracks_after_a_gap() -> None:
+    boxes, scores, valid = _two_objects()
+    ids = link(boxes, scores, valid, TrackConfig())
+    assert len(set(ids[:, 0])) == 1 and len(set(ids[:, 1])) == 1 and ids[0, 0] != ids[0, 1]
+    valid[2:9, 0] = False  # object A unseen for 7 frames > max_age 5: a new track
+    ids = link(boxes, scores, valid, TrackConfig(max_age=5))
+    assert ids[0, 0] != ids[10, 0] and (ids[2:9, 0] == -1).all()
+
+
+def test_per_track_decision_ignores_a_flickering_look_alike() -> None:
+    boxes, scores, valid = _two_objects()
+    per_frame = Candidates(scores, boxes, valid, np.zeros_like(scores), np.zeros_like(scores))
+    _, frame_boxes, _ = per_frame.select(Selection())
+    assert frame_boxes[3, 0] == 60.0  # frame by frame, the look-alike wins where it flickers up
+    s, track_boxes, ok = per_frame.select(Selection(tracks=True))
+    assert (track_boxes[:, 0] == 10.0).all() and ok.all()
+    assert s == pytest.approx(np.full(12, 0.6), abs=1e-6)  # the track's mean score
+
+
+def test_track_scores_weigh_short_tracks_down() -> None:
+    ids = np.array([[0, 1], [0, -1], [0, -1]])
+    scores = np.array([[0.5, 0.9], [0.5, 0.0], [0.5, 0.0]], np.float32)
+    np.testing.assert_allclose(track_scores(ids, scores, min_hits=3), [0.5, 0.3], rtol=1e-6)
+
+
+def test_box_iou() -> None:
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(box_iou(a, b), [[1.0, 1 / 3, 0.0]], rtol=1e-6)
+
+
+def test_reid_weight_reranks_by_the_reference_match() -> None:
+    scores = np.array([[0.9, 0.6]], np.float32)
+    reid = np.array([[0.1, 0.9]], np.float32)
+    c = Candidates(
+        scores,
+        np.zeros((1, 2, 4), np.float32) + [[[0, 0, 1, 1]], [[5, 5, 6, 6]]][0],
+        np.ones((1, 2), bool),
+        np.zeros_like(scores),
+        reid,
+    )
+    np.testing.assert_allclose(c.combined(Selection(reid_weight=0.5)), [[0.5, 0.75]], rtol=1e-6)
+    np.testing.assert_allclose(c.combined(Selection()), scores)
+    with pytest.raises(ValueError, match="reid_weight"):
+        Selection(reid_weight=1.5)
+
+
+def test_bad_track_settings_are_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="got"):
+        TrackConfig(iou=0.0)
+
+
+def _result(vid: str, scores: np.ndarray, reid: np.ndarray, boxes: np.ndarray) -> VideoResult:
+    t, k = scores.shape
+    cands = Candidates(scores, boxes, np.ones((t, k), bool), np.zeros_like(scores), reid)
+    return VideoResult(vid, np.arange(t), np.zeros(0), np.zeros(0), np.zeros(0), 100, 100, 1.0, candidates=cands)
+
+
+def test_choose_picks_the_reid_weight_that_wins_on_the_tuning_videos() -> None:
+    """The detector prefers a look-alike; re-ID prefers the target; `choose` finds that on the tuning videos."""
+    n = 20
+    boxes = np.tile(np.array([[10, 10, 20, 20], [60, 60, 70, 70]], np.float32), (n, 1, 1))
+    scores = np.tile(np.array([0.6, 0.8], np.float32), (n, 1))
+    reid = np.tile(np.array([0.95, 0.1], np.float32), (n, 1))
+    gt = {"v": {f: [(10.0, 10.0, 20.0, 20.0)] for f in range(n)}}
+    chosen = choose(
+        {"v": _result("v", scores, reid, boxes)}, gt, base=Selection(), post=PostprocessConfig(), has_reid=True
+    )
+    assert set(chosen) == set(ARMS)
+    assert chosen["reid"].selection.reid_weight > 0 and chosen["reid"].tune_st_iou > 0.9
+    assert chosen["detector_only"].tune_st_iou < 0.1  # it picks the look-alike every frame
+    assert chosen["full"].selection.tracks
+
+
+def test_arm_grid_and_fixed_choice_without_reid() -> None:
+    assert all(s.reid_weight == 0.0 for s in arm_grid("full", Selection(), has_reid=False))
+    fixed = fixed_choice(Selection(colour=True), PostprocessConfig(), has_reid=False)
+    assert not any(c.selection.colour for c in fixed.values()) and fixed["full"].selection.tracks
+    with pytest.raises(ValueError, match="unknown arm"):
+        arm_grid("colour", Selection(), has_reid=True)
+
+
+def test_swap_pairs_never_keep_their_own_references() -> None:
+    pairs = swap_pairs(["a", "b", "c"])
+    assert pairs == {"a": "b", "b": "c", "c": "a"} and swap_pairs(["a"]) == {}
+    assert with_target(["a", "b"], {"a": {3: [(0, 0, 1, 1)]}, "b": {}}) == ["a"]
