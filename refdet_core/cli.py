@@ -216,10 +216,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
-    from refdet_core.data.layout import read_layout, read_tune_ids
-    from refdet_core.eval import validate, video
     from refdet_core.checkpoint import read_checkpoint
+    from refdet_core.data.layout import read_layout, read_tune_ids
     from refdet_core.device import pick_device
+    from refdet_core.eval import validate, video
 
     _, ckpt_cfg, meta = read_checkpoint(args.ckpt)
     layout = read_layout(args.data)

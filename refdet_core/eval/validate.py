@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from refdet_core.data.layout import read_layout
 from refdet_core.eval.candidates import Selection
 from refdet_core.eval.metrics import GroundTruth
 from refdet_core.eval.postprocess import PostprocessConfig
-from refdet_core.data.layout import read_layout
 from refdet_core.eval.video import VideoPredictor, VideoResult, evaluate, predict_layout, reselect_all, tune_enter
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ def _counts(module: nn.Module) -> dict[str, int]:
 
 
 def param_table(model: RefDet) -> pd.DataFrame:
-    """Rows support_encoder, backbone, fusion, head (match with ``ref_match``), total; columns total, trainable, frozen, budget_share.
+    """Rows support_encoder, backbone, fusion, head (match with ``ref_match``), total; columns total, trainable,
+    frozen, budget_share.
 
     INT8-quantized encoder blocks hold packed weights that are not parameters and are not counted.
     """
