@@ -1,6 +1,6 @@
 """Whole-video inference: every frame of a drone video -> at most one box per frame -> a temporal track.
 
-The loop (DESIGN.md section 6): the references are read, letterboxed to ``support_size`` and encoded **once**
+The loop: the references are read, letterboxed to ``support_size`` and encoded **once**
 per video (``RefDet.set_reference_images`` with N = 1); the video is decoded front to back by a reader thread
 that letterboxes each frame exactly as the frame store does for training (``data.frames.letterbox``) while the
 model works on the previous batch; frames are batched; per frame the best boxes after NMS are kept as

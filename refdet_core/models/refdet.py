@@ -1,4 +1,4 @@
-"""RefDet: support encoder -> prototypes; query -> YOLOv8n P2-P5 -> fusion -> dual head (DESIGN.md section 4).
+"""RefDet: support encoder -> prototypes; query -> YOLOv8n P2-P5 -> fusion -> dual head.
 
 ``prepare_query`` and ``prepare_support`` are the only places where images are normalised (the ImageNet
 mean/std of the support path is applied inside the support encoder, on top of ``prepare_support``).
