@@ -153,3 +153,19 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "onnx" / "query.onnx").is_file() and (tmp_path / "onnx" / "support.onnx").is_file()
     assert main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--size", "70"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("match_size", [32, 64])  # references downsampled 2x, and kept at their size
+def test_reference_match_exports(tmp_path: Path, match_size: int) -> None:
+    """ref_match: the match templates are support-graph outputs and query-graph inputs, equal to PyTorch's."""
+    model = tiny_model(ref_match=True, match_size=match_size, head_mode="prototype")
+    paths = export_onnx(model, tmp_path, img_size=SIZE, support_size=SIZE, k_shot=3)
+    diffs = compare_onnx(model, paths, img_size=SIZE, support_size=SIZE, k_shot=3)
+    assert {"match_p3", "match_p5", "scores"} <= set(diffs) and max(diffs.values()) < 1e-4, diffs
+
+
+def test_match_size_must_fit_the_backbone() -> None:
+    from refdet_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="match_size 48"):
+        tiny_model(ref_match=True, match_size=48, head_mode="prototype")

@@ -54,8 +54,12 @@ class ReferenceMatch(nn.Module):
         return out
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size)."""
-        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size): box-averaged when S is a multiple of ``size``, else
+        bilinear (both export to ONNX; antialiased bilinear does not)."""
+        side = int(images.shape[-1])
+        if side % self.size == 0:
+            return F.avg_pool2d(images, side // self.size) if side != self.size else images
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
     def templates(self, backbone: nn.Module, support: torch.Tensor) -> list[torch.Tensor]:
         """support (N, K, 3, S, S) float in [0, 1] -> per scale (N, K, D) unit vectors (gradients reach the

@@ -32,6 +32,10 @@ def validate_model_names(cfg: ModelConfig) -> None:
             raise ConfigError(f"key '{key}': unknown {key} {value!r}; choose one of {', '.join(valid)}")
     if len(cfg.proto_dims) != 4:
         raise ConfigError(f"proto_dims needs 4 values (P2..P5), got {list(cfg.proto_dims)}")
+    if cfg.ref_match and (cfg.match_size <= 0 or cfg.match_size % QUERY_STRIDE):
+        raise ConfigError(
+            f"match_size {cfg.match_size} must be a positive multiple of {QUERY_STRIDE} (it goes through the backbone)"
+        )
     if cfg.encoder_patch not in (16, 32):
         raise ConfigError(f"encoder_patch {cfg.encoder_patch} not supported; choose 16 (native) or 32 (resampled)")
 
