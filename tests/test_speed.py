@@ -118,9 +118,10 @@ def test_profiler_components_sum_to_the_step(base):
     assert report["cache"]["frames"]["hits"] + report["cache"]["frames"]["misses"] > 0
 
 
-def test_profiled_step_is_the_trainers_step(base):
+@pytest.mark.parametrize("ref_match", [False, True])
+def test_profiled_step_is_the_trainers_step(base, ref_match):
     """The profiler's stage-by-stage step computes the same loss as Trainer.train_step on the same batch."""
-    cfg = small(preset_config("fast", base))
+    cfg = config_from_dict({"ref_match": ref_match, "match_size": 32}, base=small(preset_config("fast", base)))
     a, b = build_setup(cfg), build_setup(cfg)
     b.model.load_state_dict(a.model.state_dict())
     batch = next(iter(a.trainer.loader))
@@ -153,10 +154,10 @@ def test_support_cache_equals_reencoding_when_frozen(base):
     plain = config_from_dict({"trainable_blocks": 0, "support_cache": False}, base=base)
     a, b = build_setup(plain), build_setup(config_from_dict({"support_cache": True}, base=plain))
     b.model.load_state_dict(a.model.state_dict())
-    assert getattr(b.model, "support_feature_cache", None) is not None
+    assert b.support_cache is not None and not hasattr(b.model, "support_feature_cache")
     batch = load_fixed_episode(a.layout, a.source, a.train_ids, plain, base_classes=a.base_classes)
     assert guard.episode_losses(a, batch) == guard.episode_losses(b, batch)  # before and after one step
-    assert b.model.support_feature_cache.hits >= 1
+    assert b.support_cache.hits >= 1
 
 
 def test_bench_and_profile_refuse_an_unknown_params_key(base, tmp_path):
@@ -186,20 +187,20 @@ def test_bench_json_shape(base, tmp_path):
 
 
 def test_prefill_is_shared_between_matching_setups_only(base):
-    from refdet_core.speed import setup
+    from refdet_core.speed.setup import Prefills, prefill_support_cache
 
-    setup._PREFILLED.clear()  # earlier tests of this module prefilled the same setup
-    prefill_support_cache = setup.prefill_support_cache
+    prefills = Prefills()
     cfg = preset_config("fast", base)
     first, second = build_setup(cfg), build_setup(cfg)  # same seed: same encoder weights
-    assert prefill_support_cache(first) > 0
-    assert prefill_support_cache(second) == 0.0  # reused, not encoded again
-    a, b = first.model.support_feature_cache, second.model.support_feature_cache
+    assert prefill_support_cache(first, prefills) > 0
+    assert prefill_support_cache(second, prefills) == 0.0  # reused, not encoded again
+    assert prefill_support_cache(build_setup(cfg)) > 0  # without the caller's prefills: nothing is shared
+    a, b = first.support_cache, second.support_cache
     assert a.entries.keys() == b.entries.keys() and len(a.entries) > 0
     assert all(torch.equal(a.entries[k], b.entries[k]) for k in a.entries)
     other = build_setup(config_from_dict({"seed": 1}, base=cfg))  # other weights: encoded afresh
-    assert other.model.support_feature_cache.fingerprint() != a.fingerprint()
-    assert prefill_support_cache(other) > 0
+    assert other.support_cache.fingerprint() != a.fingerprint()
+    assert prefill_support_cache(other, prefills) > 0
 
 
 def test_guard_holds_close_options_to_the_head_outputs(base):

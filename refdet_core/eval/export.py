@@ -36,6 +36,7 @@ from torch import nn
 from refdet_core.checkpoint import model_from_checkpoint
 from refdet_core.io import atomic_write_json
 from refdet_core.models.refdet import RefDet
+from refdet_core.models.support_encoder import Prototypes
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,10 @@ class QueryGraph(nn.Module):
 
     def forward(self, query: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self.model.head.strides)
-        protos, templates = list(tensors[:n]), list(tensors[n:])
+        protos = Prototypes(list(tensors[:n]), list(tensors[n:]))
         feats = self.model.forward_features(query)
-        out = self.model.head(self.model.fusion(feats, protos), protos)
-        scores = out.scores if not templates else out.scores + self.model.match.scores(feats, templates)
-        return out.boxes(), scores.sigmoid()
+        out = self.model.detect(self.model.fuse(feats, protos), feats, protos)
+        return out.boxes(), out.scores.sigmoid()
 
 
 class SupportGraph(nn.Module):

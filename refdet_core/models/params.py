@@ -62,14 +62,14 @@ def _stage_calls(
     query = torch.rand(batch, 3, img_size, img_size, device=device)
     support = torch.rand(n_way, k_shot, 3, support_size, support_size, device=device)
     with torch.no_grad():
-        protos = model.encode_support(support).per_scale if model.head.mode != "standard" else None
+        protos = model.prototypes(support)
         feats = model.forward_features(query)
-        fused = model.fusion(feats, protos)
+        fused = model.fuse(feats, protos)
     return {
-        "support_encoder": lambda: model.encode_support(support),
+        "support_encoder": lambda: model.prototypes(support),
         "backbone": lambda: model.forward_features(query),
-        "fusion": lambda: model.fusion(feats, protos),
-        "head": lambda: model.head(fused, protos),
+        "fusion": lambda: model.fuse(feats, protos),
+        "head": lambda: model.detect(fused, feats, protos),
     }
 
 
@@ -140,12 +140,12 @@ def stage_shapes(
     model.eval()
     support = torch.randint(0, 256, (n_way, k_shot, 3, support_size, support_size), dtype=torch.uint8)
     query = torch.randint(0, 256, (batch, 3, img_size, img_size), dtype=torch.uint8)
-    protos = model.encode_support(support).per_scale if model.head.mode != "standard" else None
+    protos = model.prototypes(support)
     feats = model.forward_features(query)
-    fused = model.fusion(feats, protos)
-    out = model.head(fused, protos)
+    fused = model.fuse(feats, protos)
+    out = model.detect(fused, feats, protos)
     rows = [
-        ("support_encoder", _shape(support), _shape(protos) if protos is not None else "-"),
+        ("support_encoder", _shape(support), _shape(protos.per_scale) if protos is not None else "-"),
         ("backbone", _shape(query), _shape(feats)),
         ("fusion", _shape(feats), _shape(fused)),
         ("head: box_logits", _shape(fused), _shape(out.box_logits)),

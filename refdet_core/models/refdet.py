@@ -132,6 +132,45 @@ class RefDet(nn.Module):
         """(B, 3, S, S) uint8 or float -> per scale (B, C_s, S / stride_s, S / stride_s), P2..P5 or P3..P5."""
         return self.backbone(prepare_query(query))
 
+    def prototypes(
+        self, support: torch.Tensor | None = None, *, tokens: torch.Tensor | None = None, use_cache: bool = False
+    ) -> Prototypes | None:
+        """What the references give the query path; None in ``standard`` mode.
+
+        From ``support`` images (N, K, 3, Ss, Ss); from ``tokens`` (N, K, T, E), frozen-prefix encoder tokens of a
+        support-feature cache (the trainable blocks and projections still run here, so gradients reach them;
+        the match path of ``ref_match`` still needs ``support`` beside them); or, with ``use_cache``, what
+        ``set_reference_images`` encoded.
+        """
+        if self.head.mode == "standard":
+            return None
+        if use_cache:
+            if support is not None or tokens is not None:
+                raise ValueError("pass either support images (or tokens) or use_cache=True, not both")
+            if self._cache is None:
+                raise RuntimeError("use_cache=True but no references are cached; call set_reference_images first")
+            return self._cache
+        if tokens is None:
+            if support is None:
+                raise ValueError(f"head_mode {self.head.mode!r} needs support images (or use_cache=True)")
+            return self.encode_support(support)
+        protos = self.support_encoder.from_frozen(tokens.flatten(0, 1), k=tokens.shape[1])
+        if self.match is not None:
+            assert support is not None, "ref_match needs the support images beside the support tokens"
+            protos.templates = self.match.templates(self.backbone, prepare_support(support))
+        return protos
+
+    def fuse(self, feats: list[torch.Tensor], protos: Prototypes | None) -> list[torch.Tensor]:
+        """Backbone maps + prototypes -> fused maps per scale (the fusion's channels)."""
+        return self.fusion(feats, None if protos is None else protos.per_scale)
+
+    def detect(self, fused: list[torch.Tensor], feats: list[torch.Tensor], protos: Prototypes | None) -> HeadOutput:
+        """The head on the fused maps; with ``ref_match`` the match logit of the backbone maps joins the scores."""
+        out = self.head(fused, None if protos is None else protos.per_scale)
+        if self.match is not None:
+            out.scores = out.scores + self.match.scores(feats, protos.templates)
+        return out
+
     def forward(
         self,
         query: torch.Tensor,
@@ -140,39 +179,11 @@ class RefDet(nn.Module):
         use_cache: bool = False,
         support_tokens: torch.Tensor | None = None,
     ) -> HeadOutput:
-        """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``.
-
-        ``support_tokens`` (N, K, T, E): frozen-prefix encoder tokens from a support-feature cache; the trainable
-        blocks and projections still run here, so gradients reach them as with ``support`` (which the match
-        path of ``ref_match`` still needs beside the tokens).
-        """
-        if support_tokens is not None:
-            assert not use_cache, "pass support images or support_tokens, not use_cache"
-            protos = self.support_encoder.from_frozen(support_tokens.flatten(0, 1), k=support_tokens.shape[1])
-            if self.match is not None:
-                assert support is not None, "ref_match needs the support images beside support_tokens"
-                protos.templates = self.match.templates(self.backbone, prepare_support(support))
-        else:
-            protos = self._prototypes(support, use_cache)  # None in standard mode
-        prototypes = None if protos is None else protos.per_scale
+        """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``,
+        or ``support_tokens`` from a support-feature cache (see ``prototypes``)."""
+        protos = self.prototypes(support, tokens=support_tokens, use_cache=use_cache)
         feats = self.forward_features(query)
-        out = self.head(self.fusion(feats, prototypes), prototypes)
-        if self.match is not None:
-            out.scores = out.scores + self.match.scores(feats, protos.templates)
-        return out
-
-    def _prototypes(self, support: torch.Tensor | None, use_cache: bool) -> Prototypes | None:
-        if self.head.mode == "standard":
-            return None
-        if use_cache:
-            if support is not None:
-                raise ValueError("pass either support images or use_cache=True, not both")
-            if self._cache is None:
-                raise RuntimeError("use_cache=True but no references are cached; call set_reference_images first")
-            return self._cache
-        if support is None:
-            raise ValueError(f"head_mode {self.head.mode!r} needs support images (or use_cache=True)")
-        return self.encode_support(support)
+        return self.detect(self.fuse(feats, protos), feats, protos)
 
     @torch.no_grad()
     def set_reference_images(self, support: torch.Tensor) -> Prototypes:

@@ -19,7 +19,7 @@ from refdet_core.data.episodes import load_fixed_episode
 from refdet_core.eval.postprocess import PostprocessConfig
 from refdet_core.eval.video import VideoPredictor, evaluate, layout_ground_truth
 from refdet_core.speed.options import OPTIONS, fast_options, preset_config, whole_frames
-from refdet_core.speed.setup import build_setup, prefill_support_cache, support_prototypes
+from refdet_core.speed.setup import build_setup, prefill_support_cache
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ def val_loss(setup: Any, episodes: int) -> float:
         for seed in range(episodes):
             batch = load_fixed_episode(setup.layout, setup.source, ids, cfg, base_classes=setup.base_classes, seed=seed)
             batch = batch.to(trainer.device)
-            protos = support_prototypes(model, batch)
-            out = model.head(model.fusion(model.forward_features(batch.query), protos), protos)
+            out = setup.forward(model, batch)
             losses.append(float(trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=0)[0]))
     return statistics.fmean(losses)
 

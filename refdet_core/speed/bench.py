@@ -27,7 +27,7 @@ from refdet_core import memory
 from refdet_core.config import RefDetConfig, config_from_params, params_file_config
 from refdet_core.speed.guard import run_guard
 from refdet_core.speed.options import OPTIONS, PRESETS, OptionError, cpu_cores, entry_config, fast_options
-from refdet_core.speed.setup import build_setup, endless, prefill_support_cache
+from refdet_core.speed.setup import Prefills, build_setup, endless, prefill_support_cache
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +83,13 @@ def _param_counts(model: torch.nn.Module) -> dict[str, int]:
     }
 
 
-def _build(names: list[str], base: RefDetConfig, warmup: int) -> dict[str, dict[str, Any]]:
+def _build(names: list[str], base: RefDetConfig, warmup: int, prefills: Prefills) -> dict[str, dict[str, Any]]:
     built = {}
     # bars stay when done (no leave=False): a closed notebook bar shows "Loading widget..." after a page reload
     for name in tqdm(names, desc="build + warm-up"):
         cfg = entry_config(name, base)
         setup = build_setup(cfg)
-        prefill = prefill_support_cache(setup)
+        prefill = prefill_support_cache(setup, prefills)
         start = time.perf_counter()
         if warmup:
             run_round(setup, warmup - 1, epoch=0)
@@ -102,7 +102,7 @@ def _entry_report(name: str, entry: dict[str, Any], episodes: int) -> dict[str, 
     eps = [episodes / t for t in entry["times"]]
     median = statistics.median(eps)
     cfg = setup.cfg
-    cache = getattr(setup.model, "support_feature_cache", None)
+    cache = setup.support_cache
     return {
         "episodes_per_s": median,
         "epoch_s_projected": SEED_EPISODES / median,
@@ -155,11 +155,13 @@ def run_bench(
     warmup: int = 1,
     guard: bool = True,
     accuracy_files: Sequence[str | Path] = (),
+    prefills: Prefills | None = None,
 ) -> dict[str, Any]:
     """Bench presets and ``seed+<option>`` entries side by side; see the module docstring.
 
     ``params``: the params YAML of the data root and sizes (default ``DEMO_BASE``); ``accuracy_files``: 04's
-    ``metrics.json`` files that the accuracy change of lossy entries is read from (first match wins).
+    ``metrics.json`` files that the accuracy change of lossy entries is read from (first match wins);
+    ``prefills``: earlier support-cache prefills to reuse (a notebook passes one across its benches).
 
     Returns:
         ``{"presets": {name: {"episodes_per_s", "epoch_s_projected", ...}}, "speedup": {name: ratio_to_seed},
@@ -169,7 +171,7 @@ def run_bench(
     names = entry_names(list(presets), list(options))
     base = base_config(params)
     load_before = os.getloadavg()
-    built = _build(names, base, warmup)
+    built = _build(names, base, warmup, prefills if prefills is not None else Prefills())
     for r in tqdm(range(repeats), desc="bench rounds"):
         for entry in built.values():
             entry["times"].append(run_round(entry["setup"], episodes, epoch=r + 1))

@@ -18,6 +18,7 @@ from refdet_core import viz
 from refdet_core.io import atomic_write_text
 from refdet_core.speed import options as registry
 from refdet_core.speed.bench import run_bench
+from refdet_core.speed.setup import Prefills
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +56,21 @@ def save_choice(run: Any, names: list[str], bench: dict[str, Any], figure: Any =
 
 
 def bench_choice(
-    run: Any, names: list[str], *, params: str | Path, episodes: int, repeats: int, title: str = ""
+    run: Any,
+    names: list[str],
+    *,
+    params: str | Path,
+    episodes: int,
+    repeats: int,
+    title: str = "",
+    prefills: Prefills | None = None,
 ) -> Choice:
     """Bench ``seed`` against ``seed + names``, save the chart and the snippet; ``names`` must not be empty."""
     registry.check_names(names, registry.OPTIONS, "option")
     assert names, "tick at least one option"
-    bench = run_bench(["seed", chosen_entry(names)], [], episodes=episodes, repeats=repeats, params=params)
+    bench = run_bench(
+        ["seed", chosen_entry(names)], [], episodes=episodes, repeats=repeats, params=params, prefills=prefills
+    )
     speedups = {"seed": bench["speedup"]["seed"], "chosen": bench["speedup"][chosen_entry(names)]}
     figure = viz.chosen_vs_seed(speedups, names, title=title or "training episodes/s vs seed")
     run.save_figure(figure, "chosen_vs_seed")

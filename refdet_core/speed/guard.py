@@ -22,7 +22,7 @@ from refdet_core.config import RefDetConfig
 from refdet_core.data.episodes import load_fixed_episode, make_loader, make_source
 from refdet_core.data.layout import read_layout
 from refdet_core.speed.options import OPTIONS, apply_options, preset_config
-from refdet_core.speed.setup import build_setup, support_prototypes
+from refdet_core.speed.setup import build_setup
 from refdet_core.train.run import base_classes_of
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,9 @@ def batch_difference(a: Any, b: Any) -> float:
 
 
 def _head_output(setup: Any, batch: Any) -> Any:
-    """HeadOutput on a device batch, stage by stage as the profiler runs it, under the trainer's autocast."""
-    model = setup.model
+    """HeadOutput on a device batch: the trainer's forward (support cache included) under its autocast."""
     with setup.trainer.autocast():
-        protos = support_prototypes(model, batch)
-        return model.head(model.fusion(model.forward_features(batch.query), protos), protos)
+        return setup.forward(setup.model, batch)
 
 
 def episode_outputs(setup: Any, batch: Any) -> torch.Tensor:

@@ -25,7 +25,7 @@ from refdet_core import memory
 from refdet_core.config import RefDetConfig, config_from_dict, params_file_config
 from refdet_core.destination import check_file_destination
 from refdet_core.speed.options import entry_config, store_dir_for
-from refdet_core.speed.setup import build_setup, endless, prefill_support_cache, support_prototypes
+from refdet_core.speed.setup import Prefills, build_setup, endless, prefill_support_cache
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,13 @@ def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int =
         batch = next(batches).to(trainer.device, non_blocking=True)
     with trainer.autocast():
         with clock("support"):
-            protos = support_prototypes(model, batch)
+            protos = setup.forward.prototypes(model, batch)
         with clock("backbone"):
             feats = model.forward_features(batch.query)
         with clock("fusion"):
-            fused = model.fusion(feats, protos)
+            fused = model.fuse(feats, protos)
         with clock("head"):
-            out = model.head(fused, protos)
+            out = model.detect(fused, feats, protos)
     with clock("loss"):
         total, _ = trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=epoch)
     with clock("backward"):
@@ -76,14 +76,14 @@ def cache_stats(setup: Any) -> dict[str, Any]:
     """Frame-source and support-feature-cache counters (hits, misses, hit_rate); None where there is none."""
     src = setup.source.stats() if hasattr(setup.source, "stats") else {}
     frames = {k: src[k] for k in ("hits", "misses", "hit_rate") if k in src}
-    cache = getattr(setup.model, "support_feature_cache", None)
+    cache = setup.support_cache
     return {"frames": frames or None, "support": cache.stats() if cache is not None else None}
 
 
 def _reset_stats(setup: Any) -> None:
     if hasattr(setup.source, "reset_stats"):
         setup.source.reset_stats()
-    cache = getattr(setup.model, "support_feature_cache", None)
+    cache = setup.support_cache
     if cache is not None:
         cache.hits = cache.misses = 0
 
@@ -173,12 +173,15 @@ def profile_from_params(
     return report
 
 
-def profile_entries(names: list[str], base: RefDetConfig, *, steps: int, warmup: int) -> dict[str, dict]:
-    """Profile each bench entry (``seed``, ``fast``, ``seed+opt``) at the sizes of ``base``."""
+def profile_entries(
+    names: list[str], base: RefDetConfig, *, steps: int, warmup: int, prefills: Prefills | None = None
+) -> dict[str, dict]:
+    """Profile each bench entry (``seed``, ``fast``, ``seed+opt``) at the sizes of ``base``; ``prefills``:
+    earlier support-cache prefills to reuse."""
     out = {}
     for name in names:
         setup = build_setup(entry_config(name, base))
-        prefill_support_cache(setup)  # as a training run does once; not part of the step
+        prefill_support_cache(setup, prefills)  # as a training run does once; not part of the step
         out[name] = profile_step(setup, steps=steps, warmup=warmup)
     return out
 
@@ -194,14 +197,21 @@ def breakdown_table(reports: dict[str, dict]) -> pd.DataFrame:
 
 
 def scaling_table(
-    base: RefDetConfig, *, preset: str, grid: dict[str, list[int]], steps: int, warmup: int
+    base: RefDetConfig,
+    *,
+    preset: str,
+    grid: dict[str, list[int]],
+    steps: int,
+    warmup: int,
+    prefills: Prefills | None = None,
 ) -> pd.DataFrame:
     """Component ms of ``preset`` as one episode dimension grows (others at ``base``); rows ``key=value``."""
+    prefills = prefills if prefills is not None else Prefills()  # the points share encoder and references
     rows = {}
     for key, values in grid.items():
         for value in values:
             extra = store_dir_for(base, value) if key == "img_size" else {}
             cfg = config_from_dict({key: value, **extra}, source=f"scaling {key}", base=base)
-            report = profile_entries([preset], cfg, steps=steps, warmup=warmup)[preset]
+            report = profile_entries([preset], cfg, steps=steps, warmup=warmup, prefills=prefills)[preset]
             rows[f"{key}={value}"] = {c: report["components"][c]["ms"] for c in COMPONENTS}
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,5 +1,5 @@
-"""The training setup the speed program measures: built without a run folder, fed endlessly, its support-feature
-cache prefilled, and the prototypes computed as the trainer's forward computes them.
+"""The training setup the speed program measures: built without a run folder, fed endlessly, and its
+support-feature cache prefilled (reusing a caller's earlier prefills).
 """
 
 from __future__ import annotations
@@ -31,39 +31,51 @@ def endless(loader: Any, start_epoch: int = 0) -> Iterator[Any]:
         epoch += 1
 
 
-def support_prototypes(model: Any, batch: Any) -> list[torch.Tensor] | None:
-    """Prototypes per scale (N, D_s) as the trainer's forward makes them: cached frozen tokens or re-encoding."""
-    if model.head.mode == "standard":
-        return None
-    cache = getattr(model, "support_feature_cache", None)
-    if cache is None:
-        return model.encode_support(batch.support).per_scale
-    tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)  # (N, K, T, E)
-    return model.support_encoder.from_frozen(tokens.flatten(0, 1), k=tokens.shape[1]).per_scale
+class Prefills:
+    """The last ``keep`` support-cache prefills of one caller (a bench, a profile, a notebook's kernel).
+
+    Setups whose encoders, references and variants match (the scaling points of 03, the entries and re-runs
+    of 04) take the prefilled entries over instead of encoding again. The caller owns it: nothing is shared
+    between callers that do not pass the same one.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.entries: OrderedDict[tuple, dict[tuple[str, int], torch.Tensor]] = OrderedDict()
+
+    def take(self, key: tuple) -> dict[tuple[str, int], torch.Tensor] | None:
+        if key not in self.entries:
+            return None
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def put(self, key: tuple, entries: dict[tuple[str, int], torch.Tensor]) -> None:
+        self.entries[key] = entries
+        while len(self.entries) > self.keep:
+            self.entries.popitem(last=False)
 
 
-_PREFILLED: OrderedDict[tuple, dict[tuple[str, int], torch.Tensor]] = OrderedDict()  # the last prefills
-_PREFILL_KEEP = 2
+def _prefill_key(setup: Any, variants: range) -> tuple:
+    d = setup.cfg.data
+    return (setup.support_cache.fingerprint(), d.data_root, d.support_size, d.k_shot, tuple(setup.train_ids),
+            tuple(variants), str(setup.trainer.device))  # fmt: skip
 
 
-def prefill_support_cache(setup: Any) -> float:
+def prefill_support_cache(setup: Any, prefills: Prefills | None = None) -> float:
     """Encode every (training video, support variant) into the support-feature cache; returns seconds.
 
     A training run does this once (like building the frame store); without it the first episodes pay the misses.
-    Setups of one process whose encoders, references and variants match (the scaling points of 03, the
-    entries of 04) reuse the last prefills instead of encoding again (0 s returned).
+    With ``prefills``, a matching earlier prefill is taken over instead (0 s returned) and this one is kept.
     """
-    cache = getattr(setup.model, "support_feature_cache", None)
+    cache = setup.support_cache
     if cache is None:
         return 0.0
     dataset = setup.trainer.loader.dataset
     variants = range(max(setup.cfg.speed.support_variants, 1)) if dataset.augment else range(1)
-    d = setup.cfg.data
-    key = (cache.fingerprint(), d.data_root, d.support_size, d.k_shot, tuple(setup.train_ids), tuple(variants),
-           str(setup.trainer.device))  # fmt: skip
-    if key in _PREFILLED:
-        cache.adopt(_PREFILLED[key])
-        _PREFILLED.move_to_end(key)
+    key = _prefill_key(setup, variants) if prefills is not None else None
+    earlier = prefills.take(key) if prefills is not None else None
+    if earlier is not None:
+        cache.adopt(earlier)
         return 0.0
     start = time.perf_counter()
     with torch.no_grad():
@@ -72,7 +84,6 @@ def prefill_support_cache(setup: Any) -> float:
                 support = dataset.support_images(vid, v).to(setup.trainer.device)
                 cache.tokens(support, [vid], [v])
     cache.hits = cache.misses = 0  # the report counts lookups of training steps only
-    _PREFILLED[key] = dict(cache.entries)
-    while len(_PREFILLED) > _PREFILL_KEEP:
-        _PREFILLED.popitem(last=False)
+    if prefills is not None:
+        prefills.put(key, dict(cache.entries))
     return time.perf_counter() - start

@@ -23,7 +23,7 @@ from refdet_core.folders import prepare_run_dir
 from refdet_core.io import atomic_write_json
 from refdet_core.losses.combined import CombinedLoss
 from refdet_core.models.refdet import RefDet, validate_model_config
-from refdet_core.train.support_cache import make_forward
+from refdet_core.train.support_cache import SupportFeatureCache, TrainingForward
 from refdet_core.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,11 @@ class TrainingSetup:
     source: Any
     model: torch.nn.Module
     trainer: Any
+    forward: TrainingForward  # the trainer's forward; owns the support-feature cache
+
+    @property
+    def support_cache(self) -> SupportFeatureCache | None:
+        return self.forward.cache
 
 
 COMPILED_STAGES = ("backbone", "fusion", "head")
@@ -150,6 +155,7 @@ def build_training(
         "encoder_variant": getattr(model.support_encoder, "variant", cfg.model.encoder),
         "world_size": world_size,
     }
+    forward = TrainingForward(model, cfg)
     trainer = Trainer(
         model=net,
         loss_fn=loss_fn,
@@ -158,12 +164,12 @@ def build_training(
         device=device,
         out_dir=out_dir,
         meta=meta,
-        forward=make_forward(model, cfg),
+        forward=forward,
         rank=rank,
         world_size=world_size,
         steps_per_epoch=len(loader),
     )
-    return TrainingSetup(cfg, layout, train_ids, val_ids, base_classes, source, model, trainer)
+    return TrainingSetup(cfg, layout, train_ids, val_ids, base_classes, source, model, trainer, forward)
 
 
 def _params_config(path: str | Path) -> RefDetConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -92,23 +92,29 @@ class SupportFeatureCache:
         return torch.stack(out)  # type: ignore[arg-type]
 
 
-def make_forward(model: nn.Module, cfg: RefDetConfig) -> Callable[[nn.Module, Any], Any]:
-    """The trainer's ``forward(net, batch)``: through the support cache when it applies, else plain."""
-    encoder = getattr(model, "support_encoder", None)
-    usable = (
-        cfg.speed.support_cache
-        and cfg.model.head_mode != "standard"
-        and encoder is not None
-        and getattr(encoder, "n_frozen", 0) > 0
-    )
-    if not usable:
-        return lambda net, batch: net(batch.query, batch.support)
-    cache = SupportFeatureCache(encoder)
-    model.support_feature_cache = cache  # visible to the profiler and notebooks
-    match = getattr(model, "match", None) is not None  # the match path reads the images beside the tokens
+class TrainingForward:
+    """The trainer's ``forward(net, batch)``, and the support-feature cache it owns when the config uses one.
 
-    def forward(net: nn.Module, batch: Any) -> Any:
-        tokens = cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)
-        return net(batch.query, batch.support if match else None, support_tokens=tokens)
+    ``prototypes(model, batch)`` gives what the step's forward computes from the references, for the stage-wise
+    callers (profiler, guard, accuracy) that call the model's stages one by one.
+    """
 
-    return forward
+    def __init__(self, model: nn.Module, cfg: RefDetConfig) -> None:
+        encoder = model.support_encoder
+        usable = cfg.speed.support_cache and cfg.model.head_mode != "standard" and encoder.n_frozen > 0
+        self.cache = SupportFeatureCache(encoder) if usable else None
+        self.needs_images = model.match is not None  # the match path reads the images beside the tokens
+
+    def _tokens(self, batch: Any) -> torch.Tensor:
+        return self.cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)
+
+    def prototypes(self, model: nn.Module, batch: Any) -> Any:
+        """``Prototypes`` of the batch's references (None in standard mode), through the cache when there is one."""
+        if self.cache is None:
+            return model.prototypes(batch.support)
+        return model.prototypes(batch.support if self.needs_images else None, tokens=self._tokens(batch))
+
+    def __call__(self, net: nn.Module, batch: Any) -> Any:
+        if self.cache is None:
+            return net(batch.query, batch.support)
+        return net(batch.query, batch.support if self.needs_images else None, support_tokens=self._tokens(batch))
