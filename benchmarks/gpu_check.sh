@@ -2,7 +2,8 @@
 # The CUDA checks and the GPU figures of the bench, for a machine with a GPU (about 8 minutes).
 # Run from the repository root after `make install`:  bash benchmarks/gpu_check.sh
 # Prints the device, the host-device syncs of one training step, and `refdet bench --preset seed --preset fast`
-# at 640 px (fast resolves to bf16 + compile + fused AdamW on CUDA) with the seed workload's projected epoch.
+# at 640 px (fast resolves to bf16 + compile + fused AdamW on CUDA) with the projected epoch of the original's
+# workload.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/gpu_check}
@@ -19,6 +20,6 @@ $PY - "$OUT/bench.json" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 for name, p in r["presets"].items():
-    print(f"{name}: {p['episodes_per_s']:.2f} episodes/s, projected seed-workload epoch {p['epoch_s_projected']:.0f} s, "
+    print(f"{name}: {p['episodes_per_s']:.2f} episodes/s, original's epoch projected {p['epoch_s_projected']:.0f} s, "
           f"{r['speedup'].get(name, float('nan')):.1f}x seed")
 PYEOF

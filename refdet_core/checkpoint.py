@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from refdet_core.config import RefDetConfig, load_config
+from refdet_core.config import SECTIONS, DataConfig, RefDetConfig, config_from_dict, read_yaml
 from refdet_core.destination import old_path
 from refdet_core.folders import CONFIG, META, STATE, WEIGHTS, is_complete
 from refdet_core.models.refdet import RefDet
@@ -63,6 +63,36 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _upgrade_window(data: dict[str, Any]) -> None:
+    """Earlier ``img_size`` was the training query, ``frame_size`` (0 = img_size) the whole frame and
+    ``crop_native`` cut the queries from those frames: now ``img_size`` is the whole frame, ``train_window`` the
+    training crop."""
+    if "frame_size" not in data and "crop_native" not in data:
+        return
+    query = data.get("img_size", DataConfig.img_size)
+    frame, crop = data.pop("frame_size", 0), data.pop("crop_native", False)
+    data["img_size"] = frame or query
+    data["train_window"] = query if crop and frame else 0
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (nested as ``RefDetConfig.save`` writes it, or flat) with the keys of earlier versions
+    translated (``config.REPLACED``): ``frame_size`` and ``crop_native`` become ``img_size`` and
+    ``train_window``, ``seed`` becomes ``random_seed``. The same run trains on the same crops at the same sizes."""
+    out = {k: dict(v) if k in SECTIONS and isinstance(v, dict) else v for k, v in saved.items()}
+    data = out["data"] if isinstance(out.get("data"), dict) else out
+    train = out["train"] if isinstance(out.get("train"), dict) else out
+    _upgrade_window(data)
+    if "seed" in train:
+        train["random_seed"] = train.pop("seed")
+    return out
+
+
+def read_saved_config(path: str | Path) -> RefDetConfig:
+    """The resolved config a checkpoint (or run folder) saved, written by this or an earlier version."""
+    return config_from_dict(upgrade_saved_config(read_yaml(path)), source=str(path))
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RefDetConfig, dict[str, Any]]:
     """Weights, resolved config and meta of a checkpoint folder (or of its ``model.safetensors``)."""
     path = _check_folder(Path(path))
@@ -70,7 +100,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RefDetCo
         weights = load_file(str(path / WEIGHTS))
     except Exception as err:  # safetensors raises several types for a corrupt file
         raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({err})") from None
-    cfg = load_config(path / CONFIG)
+    cfg = read_saved_config(path / CONFIG)
     return weights, cfg, _read_meta(path)
 
 

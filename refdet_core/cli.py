@@ -315,7 +315,7 @@ def _inference_text(r: dict[str, Any]) -> str:
     head = ["backend", "frames/s", *(f"{k} ms" for k in stages), "RSS MB", "ST-IoU", "vs torch"]
     return (
         _table(rows, head)
-        + f"\n{r['frames']} frames at {r['frame_size']} px; decode alone {r['decode_ms_per_frame']:.1f} ms/frame"
+        + f"\n{r['frames']} frames at {r['img_size']} px; decode alone {r['decode_ms_per_frame']:.1f} ms/frame"
     )
 
 
@@ -377,7 +377,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"{r['notebook']}: ok in {r['seconds']:.0f} s -> {r['out_dir']}")
 
 
-def _frame_size(text: str) -> tuple[int, int]:
+def _width_height(text: str) -> tuple[int, int]:
     """``"1280x720"`` -> (1280, 720)."""
     try:
         width, height = (int(v) for v in text.lower().split("x"))
@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument(
-        "--size", type=_frame_size, default=(640, 360), metavar="WxH", help="frame size (challenge videos: 1280x720)"
+        "--size", type=_width_height, default=(640, 360), metavar="WxH", help="frame size (challenge videos: 1280x720)"
     )
     d.add_argument("--fps", type=int, default=25)
     d.set_defaults(func=cmd_data_demo)

@@ -31,7 +31,8 @@ class DataConfig:
     val_videos: tuple[str, ...] = ()  # explicit validation videos; empty = splits.json in root, else val_fraction
     val_fraction: float = 0.2  # share of videos held out for validation when no split is given
     split_seed: int = 42  # seed of the by-video split
-    img_size: int = 640  # query letterbox size (square)
+    img_size: int = 640  # whole-frame letterbox size (square): frame store, seek reader, inference, export
+    train_window: int = 0  # training queries: 0 = whole frames at img_size; N = N x N windows cut from them
     support_size: int = 256  # reference image size (square)
     k_shot: int = 3  # reference images per video
     n_way: int = 2  # videos per episode
@@ -41,22 +42,24 @@ class DataConfig:
     augment: bool = True  # random augmentation on training episodes (never on validation)
 
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
-    crop_native: bool = False  # train on img_size windows cut from frame_size frames (objects keep that scale)
-    frame_size: int = 0  # letterbox size of whole frames: frame store, seek reader, video inference; 0 = img_size
-    store_dir: str = ""  # frame store folder; empty = <root>/.frame_store_<frame size>
+    store_dir: str = ""  # frame store folder; empty = <root>/.frame_store_<img_size>
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
     store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
     cache_mb: int = 512  # byte bound of the in-memory LRU in front of the store
-    loader: str = "store"  # "store" (frame store) or "seek" (new VideoCapture + seek per sample, as in seed)
+    loader: str = "store"  # "store" (frame store) or "seek" (new VideoCapture + seek per sample, as the original)
     num_workers: int = 0  # DataLoader workers
     pin_memory: bool = False
     persistent_workers: bool = False
     episodes_per_epoch: int = 100  # episodes per epoch at num_aug 1 (an epoch draws num_aug times as many)
 
     @property
-    def full_frame_size(self) -> int:
-        """The letterbox size of whole frames (store, seek reader, inference): ``frame_size`` or ``img_size``."""
-        return self.frame_size or self.img_size
+    def query_size(self) -> int:
+        """The side of a training query: ``train_window``, or ``img_size`` when training on whole frames.
+
+        A window keeps the frame's scale: an object is as many pixels tall in a window as in the whole frame
+        that inference sees at ``img_size``.
+        """
+        return self.train_window or self.img_size
 
 
 @dataclass
@@ -65,7 +68,7 @@ class ModelConfig:
     encoder_weights: str = ""  # local .safetensors/.pth; empty = timm cache when present, else random init
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # shrink the encoder for tests (depth, embed_dim...)
     encoder_patch: int = 16  # 32 resamples the patch embedding
-    trainable_blocks: int = 0  # last encoder blocks that train (0 = frozen; the seed trained 6 of 12)
+    trainable_blocks: int = 0  # last encoder blocks that train (0 = frozen; the original trained 6 of 12)
     int8_encoder: bool = False  # INT8 dynamic quantization of the frozen encoder (CPU only)
     colour_bins: int = 0  # bins per channel of a centre-weighted reference colour histogram added to the prototypes
     proto_dims: tuple[int, ...] = (32, 64, 128, 256)  # prototype dims per scale P2..P5
@@ -112,7 +115,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     clip_norm: float = 10.0
     max_bad_steps: int = 5  # consecutive non-finite steps before training stops
-    seed: int = 0
+    random_seed: int = 0  # seed of the run's random draws: initial weights, episodes, augmentation
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     log_every: int = 1  # optimizer steps between history rows
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -253,7 +256,7 @@ NON_NEGATIVE = (
     "cache_mb",
     "trainable_blocks",
     "colour_bins",
-    "frame_size",
+    "train_window",
     "w_box",
     "w_dfl",
     "w_score",
@@ -288,18 +291,33 @@ def _validate(cfg: RefDetConfig, source: str) -> None:
     if len(cfg.model.proto_dims) != 4:
         raise ConfigError(f"{source}: key 'proto_dims' needs 4 values (P2..P5), got {list(cfg.model.proto_dims)}")
     d = cfg.data
-    for key in ("img_size", "frame_size"):
+    for key in ("img_size", "train_window"):
         if getattr(d, key) % 32:
             raise ConfigError(f"{source}: key '{key}' must be a multiple of 32 (the P5 stride), got {getattr(d, key)}")
-    if d.frame_size and (d.frame_size < d.img_size or d.frame_size % 32):
+    if d.train_window > d.img_size:
         raise ConfigError(
-            f"{source}: key 'frame_size' must be 0 or a multiple of 32 >= img_size {d.img_size}, got {d.frame_size}"
+            f"{source}: key 'train_window' must be 0 or at most img_size {d.img_size} (a window of the whole frame), "
+            f"got {d.train_window}"
         )
-    if d.frame_size and d.frame_size != d.img_size and not d.crop_native:
-        raise ConfigError(f"{source}: key 'frame_size' {d.frame_size} differs from img_size; set crop_native: true")
     for key, mult in cfg.train.lr_mult.items():
         if mult < 0:
             raise ConfigError(f"{source}: key 'lr_mult.{key}' must be >= 0, got {mult!r}")
+
+
+_WINDOW = "img_size is the whole-frame size and train_window the training crop (0 = whole frames)"
+REPLACED: dict[str, str] = {
+    "frame_size": _WINDOW,
+    "crop_native": _WINDOW,
+    "seed": "the random seed is random_seed (seed is the name of the original system's bench preset)",
+}  # keys of earlier versions; checkpoints that carry them are translated (checkpoint.upgrade_saved_config)
+
+
+def unknown_key_error(key: str, *, source: str) -> ConfigError:
+    """The error for a key that is no config key: one line, naming the replacement of a key that was replaced."""
+    name = key.rsplit(".", 1)[-1]
+    if name in REPLACED:
+        return ConfigError(f"{source}: key '{key}' was replaced: {REPLACED[name]}")
+    return ConfigError(f"{source}: unknown key '{key}'")
 
 
 def _normalise_keys(d: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
@@ -310,17 +328,17 @@ def _normalise_keys(d: dict[str, Any], source: str) -> dict[str, dict[str, Any]]
             section_fields = {f.name for f in fields(SECTIONS[key])}
             for sub, sub_value in value.items():
                 if sub not in section_fields:
-                    raise ConfigError(f"{source}: unknown key '{key}.{sub}'")
+                    raise unknown_key_error(f"{key}.{sub}", source=source)
                 out[key][sub] = sub_value
         elif "." in key and key.split(".", 1)[0] in SECTIONS:
             section, sub = key.split(".", 1)
             if sub not in {f.name for f in fields(SECTIONS[section])}:
-                raise ConfigError(f"{source}: unknown key '{key}'")
+                raise unknown_key_error(key, source=source)
             out[section][sub] = value
         elif key in FIELD_SECTION:
             out[FIELD_SECTION[key]][key] = value
         else:
-            raise ConfigError(f"{source}: unknown key '{key}'")
+            raise unknown_key_error(key, source=source)
     return out
 
 
@@ -440,7 +458,7 @@ def config_from_params(
     allowed = set().union(*(NOTEBOOK_KEYS[n] for n in (NOTEBOOK_KEYS if notebooks is None else notebooks)))
     unknown = [k for k in params if not _is_config_key(k) and k not in allowed]
     if unknown:
-        raise ConfigError(f"{source}: unknown key '{unknown[0]}'")
+        raise unknown_key_error(unknown[0], source=source)
     items = {k: v for k, v in params.items() if _is_config_key(k)}
     return config_from_dict(items, source=source, base=base)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from refdet_core.config import read_yaml
+from refdet_core.config import read_yaml, unknown_key_error
 from refdet_core.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ def notebook_params(notebook: str, profile: str, run_dir: Path, root: Path) -> d
     declared = papermill.inspect_notebook(str(root / "notebooks" / f"{notebook}.ipynb"))
     for key in params:
         if key not in declared:
-            raise NotebookError(f"{path}: unknown key '{key}' (parameters of {notebook}: {', '.join(declared)})")
+            error = unknown_key_error(key, source=str(path))
+            raise NotebookError(f"{error} (parameters of {notebook}: {', '.join(declared)})")
     params["run_dir"] = str(run_dir)
     return params
 

@@ -113,7 +113,7 @@ def line_chart(
 
 # ---------------------------------------------------------------- model (02)
 def param_breakdown(table: pd.DataFrame, *, reference: Mapping[str, float] | None = None, title: str = "") -> Figure:
-    """Bars of trainable/frozen parameters per module (M), the seed's figures beside them, and a pie."""
+    """Bars of trainable/frozen parameters per module (M), the original's figures beside them, and a pie."""
     fig, ax = _fig(12, 4, ncols=2)
     mods = [m for m in table.index if m != "total"]
     x = np.arange(len(mods))
@@ -124,8 +124,8 @@ def param_breakdown(table: pd.DataFrame, *, reference: Mapping[str, float] | Non
     ours = a.bar(x - 0.2, frozen, 0.4, bottom=trainable, label="frozen", color=PALETTE[7])
     a.bar_label(ours, labels=[f"{t:.2f}" for t in trainable + frozen], fontsize=8)
     if reference:
-        seed = a.bar(x + 0.2, [reference.get(m, 0) / 1e6 for m in mods], 0.4, label="original", color=PALETTE[1])
-        a.bar_label(seed, fmt="%.2f", fontsize=8)
+        original = a.bar(x + 0.2, [reference.get(m, 0) / 1e6 for m in mods], 0.4, label="original", color=PALETTE[1])
+        a.bar_label(original, fmt="%.2f", fontsize=8)
     a.set_xticks(x, mods, rotation=15)
     a.set(ylabel="parameters (M)", title=title or "parameters per module")
     a.legend()

@@ -270,18 +270,19 @@ def test_crop_window_keeps_the_box_whole_and_the_mapping_valid():
     assert same[0] is img and same[3] == lb.as_tuple()
 
 
-def test_crop_native_batches_have_query_size_and_frame_scale(demo_root, tmp_path):
+def test_train_window_batches_have_window_size_and_frame_scale(demo_root, tmp_path):
     from refdet_core.config import ConfigError
     from refdet_core.data.episodes import EpisodeDataset, make_sampler, make_source
 
     cfg = config_from_dict(
-        {"data_root": str(demo_root), "store_dir": str(tmp_path / "s"), "img_size": 64, "frame_size": 128,
-         "crop_native": True, "support_size": 32, "n_way": 2, "n_query": 2, "bg_share": 0.0}
+        {"data_root": str(demo_root), "store_dir": str(tmp_path / "s"), "img_size": 128, "train_window": 64,
+         "support_size": 32, "n_way": 2, "n_query": 2, "bg_share": 0.0}
     )  # fmt: skip
+    assert cfg.data.query_size == 64
     layout = read_layout(demo_root)
     ids = [v for v in layout.videos if layout.videos[v].annotated_frames][:2]
     source = make_source(layout, cfg)
-    assert source.img_size == 128  # whole frames stored at frame_size
+    assert source.img_size == 128  # whole frames stored at img_size
     data = EpisodeDataset(layout, source, ids, cfg.data, train=False, base_classes=[])
     batch = data[next(iter(make_sampler(layout, source, ids, cfg, train=False, episodes=1)))]
     assert batch.query.shape[-2:] == (64, 64)
@@ -289,10 +290,10 @@ def test_crop_native_batches_have_query_size_and_frame_scale(demo_root, tmp_path
         native = torch.from_numpy(layout.videos[vid].boxes_by_frame[int(frame)])
         expected = native * scale + torch.stack([px, py, px, py])
         torch.testing.assert_close(bx, expected.float())  # the object keeps its 128 px frame scale
-    with pytest.raises(ConfigError, match="crop_native"):
-        config_from_dict({"img_size": 64, "frame_size": 128})
-    with pytest.raises(ConfigError, match="frame_size"):
-        config_from_dict({"img_size": 64, "frame_size": 32, "crop_native": True})
+    with pytest.raises(ConfigError, match="'train_window' must be 0 or at most img_size 64"):
+        config_from_dict({"img_size": 64, "train_window": 128})
+    with pytest.raises(ConfigError, match="'train_window' must be a multiple of 32"):
+        config_from_dict({"img_size": 128, "train_window": 48})
 
 
 @pytest.mark.parametrize("num_aug", [1, 3])

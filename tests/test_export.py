@@ -131,9 +131,9 @@ def test_export_leaves_the_callers_model_as_it_was(tmp_path: Path) -> None:
     assert torch.equal(before, after)
 
 
-def test_checkpoint_export_uses_the_inference_frame_size(tmp_path: Path) -> None:
+def test_checkpoint_export_uses_the_inference_img_size(tmp_path: Path) -> None:
     """A checkpoint that trained on 64 px windows of 128 px frames exports at 128: what inference feeds."""
-    over = {"img_size": SIZE, "frame_size": 2 * SIZE, "crop_native": True}
+    over = {"img_size": 2 * SIZE, "train_window": SIZE}
     cfg = config_from_dict({**TINY, **over}, source="test")
     ckpt = save_checkpoint(tmp_path / "ckpt", model=tiny_model(), cfg=cfg, meta={"base_classes": ["a", "b"]})
     paths = export_onnx(ckpt, tmp_path / "onnx")

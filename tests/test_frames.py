@@ -225,11 +225,11 @@ def test_select_frames_edges(layout):
     assert select_frames(rec, 0.0)[1] == []
 
 
-def test_default_store_dirs_differ_by_frame_size(tmp_path):
+def test_default_store_dirs_differ_by_img_size(tmp_path):
     """Stores of different whole-frame sizes never share a folder (one would rebuild over the other)."""
     small = config_from_dict({"img_size": 320})
     large = config_from_dict({"img_size": 640})
-    window = config_from_dict({"img_size": 320, "frame_size": 640, "crop_native": True})
+    window = config_from_dict({"img_size": 640, "train_window": 320})
     dirs = {name: store_mod.default_store_dir(cfg, tmp_path) for name, cfg in
             {"small": small, "large": large, "window": window}.items()}  # fmt: skip
     assert dirs["small"] != dirs["large"], "a 640 px training must not rebuild 01's 320 px store"

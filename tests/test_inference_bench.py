@@ -33,7 +33,7 @@ def test_inference_bench_reports_every_backend(ckpt: Path, demo_root: Path, caps
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["backends"]) == {"torch", "onnxruntime"}
-    assert report["frame_size"] == 64 and report["frames"] > 0 and report["decode_ms_per_frame"] > 0
+    assert report["img_size"] == 64 and report["frames"] > 0 and report["decode_ms_per_frame"] > 0
     for row in report["backends"].values():
         assert row["frames_per_s"] > 0 and row["rss_peak_mb"] > 0
         assert {"model", "candidates", "post"} <= set(row["ms_per_frame"])

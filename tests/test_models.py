@@ -12,7 +12,7 @@ from torch import nn
 from refdet_core.config import ModelConfig, config_from_dict
 from refdet_core.models import RefDet, SupportEncoder, validate_model_config
 from refdet_core.models.fusion import FUSION
-from refdet_core.models.params import SEED_FIGURES, flops_per_stage, param_summary, param_table, time_per_stage
+from refdet_core.models.params import ORIGINAL_FIGURES, flops_per_stage, param_summary, param_table, time_per_stage
 from refdet_core.models.support_encoder import colour_histogram
 
 TINY_ENCODER = {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 64}
@@ -298,7 +298,7 @@ def test_param_summary_and_stage_tables() -> None:
     assert set(summary["modules"]) == {"support_encoder", "backbone", "fusion", "head"}
     assert summary["total"] == sum(m["total"] for m in summary["modules"].values())
     assert all(m["total"] == m["trainable"] + m["frozen"] for m in summary["modules"].values())
-    assert SEED_FIGURES["total"] == 29.25e6
+    assert ORIGINAL_FIGURES["total"] == 29.25e6
     model = tiny_model().eval()
     table = param_table(model)
     assert list(table.index) == ["support_encoder", "backbone", "fusion", "head", "total"]

@@ -178,3 +178,15 @@ def test_refdet_validate_runs_06s_protocol(smoke_run, capsys):
         assert got["chosen"][arm]["selection"] == chosen["selection"], arm
         assert got["chosen"][arm]["postprocess"] == chosen["postprocess"], arm
         assert got["chosen"][arm]["tune_mean_st_iou"] == pytest.approx(chosen["tune_mean_st_iou"], abs=1e-6), arm
+
+
+def test_replaced_params_key_names_the_replacement(tmp_path, monkeypatch):
+    fake = tmp_path / "repo"
+    (fake / "notebooks").mkdir(parents=True)
+    (fake / "params" / "smoke").mkdir(parents=True)
+    nb = nbformat.read(NB_DIR / "05_train_stage2.ipynb", as_version=4)
+    nbformat.write(nb, fake / "notebooks" / "05_train_stage2.ipynb")
+    (fake / "params" / "smoke" / "05_train_stage2.yaml").write_text("img_size: 64\nframe_size: 128\n")
+    monkeypatch.chdir(fake)
+    with pytest.raises(NotebookError, match=r"05_train_stage2.yaml: key 'frame_size' was replaced: img_size is the"):
+        run_notebooks(["05"], profile="smoke", out_dir=tmp_path / "out")

@@ -38,51 +38,51 @@ def base(demo_root, tmp_path_factory) -> RefDetConfig:
 
 
 def small(cfg: RefDetConfig) -> RefDetConfig:
-    """The seed's 512 px references are too slow for unit tests; everything else stays."""
+    """The seed preset's 512 px references are too slow for unit tests; everything else stays."""
     return config_from_dict({"support_size": 64}, base=cfg)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_every_option_applies_and_validates(base, name):
-    seed = preset_config("seed", base)
+    original = preset_config("seed", base)
     opt = OPTIONS[name]
-    cfg = opt.apply(seed)
-    validate_model_config(cfg.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size)
+    cfg = opt.apply(original)
+    validate_model_config(cfg.model, img_size=cfg.data.query_size, support_size=cfg.data.support_size)
     flat = cfg.flat()
-    assert all(flat[k] == v or isinstance(v, list) for k, v in opt.resolve(seed).items())
+    assert all(flat[k] == v or isinstance(v, list) for k, v in opt.resolve(original).items())
     assert opt.description and opt.applies in ("cpu", "gpu", "both")
     assert opt.exactness in ("exact", "close", "lossy")
     assert opt.exactness != "close" or opt.tolerance > 0, f"{name}: a close option needs a tolerance"
 
 
 def test_seed_preset_is_the_original(base):
-    seed = preset_config("seed", base).flat()
-    assert seed["loader"] == "seek" and seed["support_size"] == 512 and seed["support_cache"] is False
-    assert seed["precision"] == "fp32" and seed["num_workers"] == 1 and seed["compile"] is False
-    assert seed["trainable_blocks"] == 1, "half the (tiny, 2-block) encoder trains, as 6 of 12 in the seed"
-    assert seed["crop_native"] is False and seed["img_size"] == base.data.img_size
+    original = preset_config("seed", base).flat()
+    assert original["loader"] == "seek" and original["support_size"] == 512 and original["support_cache"] is False
+    assert original["precision"] == "fp32" and original["num_workers"] == 1 and original["compile"] is False
+    assert original["trainable_blocks"] == 1, "half the (tiny, 2-block) encoder trains, as 6 of 12 in the original"
+    assert original["train_window"] == 0 and original["img_size"] == base.data.img_size
 
 
 def test_seed_preset_trains_whole_frames_on_a_windowed_base(base):
-    windowed = config_from_dict({"img_size": 32, "frame_size": 64, "crop_native": True}, base=base)
-    seed = preset_config("seed", windowed).data
-    assert (seed.img_size, seed.full_frame_size, seed.crop_native) == (64, 64, False)
+    windowed = config_from_dict({"img_size": 64, "train_window": 32}, base=base)
+    original = preset_config("seed", windowed).data
+    assert (original.img_size, original.train_window, original.query_size) == (64, 0, 64)
 
 
 def test_presets_train_the_same_model(base):
-    seed, fast = param_summary(preset_config("seed", base)), param_summary(preset_config("fast", base))
-    assert seed["total"] == fast["total"]
-    assert seed["modules"].keys() == fast["modules"].keys()
-    assert fast["trainable"] < seed["trainable"], "fast freezes the encoder (lossy, measured in 04)"
+    original, fast = param_summary(preset_config("seed", base)), param_summary(preset_config("fast", base))
+    assert original["total"] == fast["total"]
+    assert original["modules"].keys() == fast["modules"].keys()
+    assert fast["trainable"] < original["trainable"], "fast freezes the encoder (lossy, measured in 04)"
 
 
-def test_fast_preset_trains_half_size_windows_of_the_seeds_frames(base):
-    seed, fast = preset_config("seed", base).data, preset_config("fast", base).data
-    assert fast.crop_native and fast.img_size == seed.img_size // 2
-    assert fast.full_frame_size == seed.full_frame_size, "inference and the frame store keep the seed's frame size"
-    windowed = config_from_dict({"img_size": 32, "frame_size": 64, "crop_native": True}, base=base)
+def test_fast_preset_trains_half_size_windows_of_the_seed_presets_frames(base):
+    original, fast = preset_config("seed", base).data, preset_config("fast", base).data
+    assert fast.train_window == fast.query_size == original.img_size // 2
+    assert fast.img_size == original.img_size, "inference and the frame store keep the seed preset's frame size"
+    windowed = config_from_dict({"img_size": 64, "train_window": 32}, base=base)
     again = preset_config("fast", windowed).data
-    assert (again.img_size, again.full_frame_size) == (32, 64), "a windowed base keeps its windows"
+    assert (again.train_window, again.img_size) == (32, 64), "a windowed base keeps its windows"
 
 
 def test_fast_preset_resolves_for_the_machine():
@@ -144,8 +144,9 @@ def test_training_setup_honours_compile(base):
 
 
 def test_frame_store_gives_the_seek_readers_batches(base):
-    seed = small(preset_config("seed", base))
-    assert guard.batch_difference(guard.first_batch(seed), guard.first_batch(apply_options(seed, ["frame_store"]))) == 0
+    original = small(preset_config("seed", base))
+    frame_store = apply_options(original, ["frame_store"])
+    assert guard.batch_difference(guard.first_batch(original), guard.first_batch(frame_store)) == 0
 
 
 def test_support_cache_equals_reencoding_when_frozen(base):
@@ -191,21 +192,21 @@ def test_prefill_is_shared_between_matching_setups_only(base):
 
     prefills = Prefills()
     cfg = preset_config("fast", base)
-    first, second = build_setup(cfg), build_setup(cfg)  # same seed: same encoder weights
+    first, second = build_setup(cfg), build_setup(cfg)  # same random seed: same encoder weights
     assert prefill_support_cache(first, prefills) > 0
     assert prefill_support_cache(second, prefills) == 0.0  # reused, not encoded again
     assert prefill_support_cache(build_setup(cfg)) > 0  # without the caller's prefills: nothing is shared
     a, b = first.support_cache, second.support_cache
     assert a.entries.keys() == b.entries.keys() and len(a.entries) > 0
     assert all(torch.equal(a.entries[k], b.entries[k]) for k in a.entries)
-    other = build_setup(config_from_dict({"seed": 1}, base=cfg))  # other weights: encoded afresh
+    other = build_setup(config_from_dict({"random_seed": 1}, base=cfg))  # other weights: encoded afresh
     assert other.support_cache.fingerprint() != a.fingerprint()
     assert prefill_support_cache(other, prefills) > 0
 
 
 def test_guard_holds_close_options_to_the_head_outputs(base):
-    seed = small(preset_config("seed", base))
-    result = guard._compute_checks(["channels_last", "support_cache"], seed)
+    original = small(preset_config("seed", base))
+    result = guard._compute_checks(["channels_last", "support_cache"], original)
     close, exact = result["channels_last"], result["support_cache"]
     assert close["rel_diff"] == close["output_rel_diff"] < 1e-4  # same outputs up to rounding
     assert exact["rel_diff"] == max(exact["output_rel_diff"], exact["loss_rel_diff"])
@@ -217,7 +218,7 @@ def test_validation_loss_compares_windowed_and_whole_frame_runs(base):
 
     whole = small(preset_config("seed", base))
     windowed = apply_options(whole, ["crop_window"])
-    assert windowed.data.img_size < whole.data.img_size
+    assert windowed.data.query_size < whole.data.query_size == windowed.data.img_size
     a, b = build_setup(whole), build_setup(windowed)
     b.model.load_state_dict(a.model.state_dict())
     assert val_loss(b, 1) == pytest.approx(val_loss(a, 1), rel=1e-5)

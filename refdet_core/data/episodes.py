@@ -220,9 +220,9 @@ class EpisodeDataset:
     def __getitem__(self, spec: EpisodeSpec) -> EpisodeBatch:
         assert isinstance(spec, EpisodeSpec), f"index an EpisodeDataset with an EpisodeSpec, got {type(spec)}"
         items = [self._query(spec.videos[c], f, c) for c, f in zip(spec.query_class, spec.query_frame)]
-        if self.cfg.crop_native and self.cfg.full_frame_size > self.cfg.img_size:
+        if self.cfg.train_window:
             items = [
-                crop_window(*item, size=self.cfg.img_size, seed=mix_seed(spec.query_seed[i], "crop"))
+                crop_window(*item, size=self.cfg.train_window, seed=mix_seed(spec.query_seed[i], "crop"))
                 for i, item in enumerate(items)
             ]
         for i, c in enumerate(spec.query_class):
@@ -257,7 +257,7 @@ class EpisodeDataset:
 def crop_window(
     img: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, lb: tuple, *, size: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
-    """A ``size`` window of a letterboxed frame (``data.crop_native``): objects keep their frame scale.
+    """A ``size`` window of a letterboxed frame (``data.train_window``): objects keep their frame scale.
 
     img (3, F, F) uint8 with boxes (n, 4) px and labels (n, 2); lb = (scale, pad_x, pad_y) of the frame. The
     window lies inside the frame, covers as much picture (not padding) as it can and, when there are boxes,
@@ -298,7 +298,7 @@ def make_source(layout: Any, cfg: RefDetConfig, *, progress: bool = False) -> Fr
     """The frame source ``cfg.data.loader`` names: the frame store (built or reused) or the seek reader."""
     d = cfg.data
     if d.loader == "seek":
-        return SeekReader(layout, d.full_frame_size)
+        return SeekReader(layout, d.img_size)
 
     return store_from_config(layout, cfg, progress=progress)
 
@@ -329,7 +329,7 @@ def make_sampler(
         min(d.n_way, len(video_ids)),
         d.n_query,
         (episodes or d.episodes_per_epoch) * num_aug,
-        cfg.train.seed if seed is None else seed,
+        cfg.train.random_seed if seed is None else seed,
         rank,
         world_size,
         frames=frame_pools(layout, source, video_ids, d.store_bg_share),

@@ -113,8 +113,8 @@ class FrameSource(Protocol):
 
 
 class SeekReader:
-    """The seed's frame access, kept as the speed baseline: per sample a new ``VideoCapture``, seek, read one
-    frame, release, then letterbox to ``img_size``."""
+    """The original's frame access (the ``seed`` preset's reader), kept as the speed baseline: per sample a new
+    ``VideoCapture``, seek, read one frame, release, then letterbox to ``img_size``."""
 
     def __init__(self, layout: Any, img_size: int):
         self.layout = layout

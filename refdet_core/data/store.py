@@ -337,7 +337,7 @@ def default_store_dir(cfg: RefDetConfig, root: str | Path) -> Path:
     size, so that stores of different sizes (01 at 320, a 640 training, inference) never replace each other."""
     if cfg.data.store_dir:
         return Path(cfg.data.store_dir)
-    return Path(root) / f".frame_store_{cfg.data.full_frame_size}"
+    return Path(root) / f".frame_store_{cfg.data.img_size}"
 
 
 def store_from_config(
@@ -353,7 +353,7 @@ def store_from_config(
     return FrameStore.build(
         layout,
         Path(out_dir) if out_dir else default_store_dir(cfg, layout.root),
-        img_size=d.full_frame_size,
+        img_size=d.img_size,
         bg_share=d.store_bg_share,
         fmt=d.store_format,
         cache_mb=d.cache_mb,

@@ -106,13 +106,13 @@ def frozen_copy(model: RefDet) -> RefDet:
 
 def _load(ckpt_or_model: str | Path | RefDet, img_size: int | None, support_size: int | None, k_shot: int | None):
     """(an eval-mode copy of the model, img_size, support_size, k_shot); a checkpoint's sizes are those that
-    inference uses: whole frames at ``full_frame_size`` (not the training window of ``crop_native``)."""
+    inference uses: whole frames at ``img_size`` (not the training window ``train_window``)."""
     if isinstance(ckpt_or_model, RefDet):
         assert img_size and support_size, "img_size and support_size are needed when exporting a model object"
         return frozen_copy(ckpt_or_model), img_size, support_size, k_shot or 3
 
     model, cfg, _ = model_from_checkpoint(ckpt_or_model)
-    size = img_size or cfg.data.full_frame_size
+    size = img_size or cfg.data.img_size
     return model.eval(), size, support_size or cfg.data.support_size, k_shot or cfg.data.k_shot
 
 

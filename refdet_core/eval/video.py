@@ -380,7 +380,7 @@ def load_predictor(
     precision = precision or saved.get("precision", "fp32")
     return VideoPredictor(
         model,
-        img_size=cfg.data.full_frame_size,
+        img_size=cfg.data.img_size,
         support_size=cfg.data.support_size,
         post=post,
         batch=batch,

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 MODULES = ("support_encoder", "backbone", "fusion", "head")
 BUDGET = 50e6  # parameter budget of the whole model
-SEED_FIGURES = {"support_encoder": 21.87e6, "backbone": 3.16e6, "fusion": 0.78e6, "head": 3.45e6, "total": 29.25e6}
+ORIGINAL_FIGURES = {"support_encoder": 21.87e6, "backbone": 3.16e6, "fusion": 0.78e6, "head": 3.45e6, "total": 29.25e6}
 
 
 def _counts(module: nn.Module) -> dict[str, int]:

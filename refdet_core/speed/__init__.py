@@ -2,5 +2,5 @@
 
 ``profiler.profile_step`` times the components of a training step; ``options.OPTIONS`` holds every
 optimization with its exactness; ``bench.run_bench`` runs presets and options interleaved in one process;
-``guard.run_guard`` checks that exact/close options keep the seed's numbers.
+``guard.run_guard`` checks that exact/close options keep the seed preset's numbers.
 """

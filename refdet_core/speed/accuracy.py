@@ -1,8 +1,8 @@
 """Accuracy change of lossy options: a short training run with and without the option, then validation.
 
 The reference is the ``fast`` preset. For an option that ``fast`` contains, "without" reverts the option's keys
-to the seed's values; for any other option, "with" is ``fast`` plus the option. Both runs start from the same
-seed and see the same episodes. Reported: mean validation loss over fixed validation episodes and, when the
+to the ``seed`` preset's values; for any other option, "with" is ``fast`` plus the option. Both runs start from the
+same random seed and see the same episodes. Reported: mean validation loss over fixed validation episodes and, when the
 whole-video inference (``refdet_core.eval.video``) is available, ST-IoU on the validation videos.
 """
 
@@ -26,17 +26,17 @@ logger = logging.getLogger(__name__)
 
 def pair_configs(name: str, base: RefDetConfig) -> tuple[RefDetConfig, RefDetConfig]:
     """(without, with) the option, around the fast preset."""
-    fast, seed = preset_config("fast", base), preset_config("seed", base)
-    keys = OPTIONS[name].resolve(seed)
+    fast, original = preset_config("fast", base), preset_config("seed", base)
+    keys = OPTIONS[name].resolve(original)
     if name in fast_options():
-        return config_from_dict({k: seed.flat()[k] for k in keys}, source=f"fast without {name}", base=fast), fast
+        return config_from_dict({k: original.flat()[k] for k in keys}, source=f"fast without {name}", base=fast), fast
     return fast, OPTIONS[name].apply(fast)
 
 
 def val_loss(setup: Any, episodes: int) -> float:
     """Mean loss over ``episodes`` fixed validation episodes (no augmentation, eval mode, no gradients).
 
-    The episodes show whole frames at the whole-frame size, as inference does, whatever the training query
+    The episodes show whole frames at ``img_size``, as inference does, whatever the training query
     (a ``crop_window`` setup trains on windows): so the losses of runs with and without it compare.
     """
     model, trainer = setup.model, setup.trainer
@@ -58,7 +58,7 @@ def video_st_iou(setup: Any) -> float:
     """Mean ST-IoU of the model on the validation videos (whole-video inference)."""
     cfg = setup.cfg
     predictor = VideoPredictor(
-        setup.model, img_size=cfg.data.full_frame_size, support_size=cfg.data.support_size, post=PostprocessConfig(),
+        setup.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size, post=PostprocessConfig(),
         batch=8, device=setup.trainer.device, k_shot=cfg.data.k_shot,
     )  # fmt: skip
     results = {}
@@ -69,7 +69,7 @@ def video_st_iou(setup: Any) -> float:
 
 
 def short_training(cfg: RefDetConfig, *, episodes: int, val_episodes: int, st_iou: bool) -> dict[str, Any]:
-    """Train ``episodes`` episodes (one epoch) from the config's seed; validation loss (and ST-IoU)."""
+    """Train ``episodes`` episodes (one epoch) from the config's random seed; validation loss (and ST-IoU)."""
     cfg = config_from_dict({"episodes_per_epoch": episodes, "epochs": 1, "warmup_steps": 2}, base=cfg)
     setup = build_setup(cfg)
     prefill_support_cache(setup)

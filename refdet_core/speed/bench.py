@@ -4,7 +4,7 @@ Every entry (a preset, or ``seed+<option>``) gets its training setup built once.
 (compilation, support-cache prefill, worker start), rounds run round-robin: entry A ``episodes`` training
 steps, entry B, ..., ``repeats`` times; each round starts a fresh loader iterator with one untimed step, so a
 worker's prefetch never runs while another entry is timed. Reported: median episodes/s per entry, the ratio to
-``seed``, and the projected epoch time of the seed's workload (2,075 episodes of 2-way x 4-query = 16,595 query
+``seed``, and the projected epoch time of the original's workload (2,075 episodes of 2-way x 4-query = 16,595 query
 frames) at the sizes measured. The accuracy guard checks exact/close options (``guard.py``); lossy ones carry
 the accuracy change notebook 04 measured, read from the ``metrics.json`` files the caller names.
 """
@@ -31,8 +31,8 @@ from refdet_core.speed.setup import Prefills, build_setup, endless, prefill_supp
 
 logger = logging.getLogger(__name__)
 
-SEED_QUERY_FRAMES = 16_595  # query frames of the seed's epoch
-SEED_EPISODES = 2_075  # ceil(16,595 / (2-way x 4-query))
+ORIGINAL_QUERY_FRAMES = 16_595  # query frames of the original's epoch
+ORIGINAL_EPISODES = 2_075  # ceil(16,595 / (2-way x 4-query))
 DEMO_BASE = {"data_root": "data/demo", "img_size": 320, "store_bg_share": 0.5, "cache_mb": 512, "n_way": 2,
              "n_query": 4, "device": "auto"}  # fmt: skip
 
@@ -105,7 +105,7 @@ def _entry_report(name: str, entry: dict[str, Any], episodes: int) -> dict[str, 
     cache = setup.support_cache
     return {
         "episodes_per_s": median,
-        "epoch_s_projected": SEED_EPISODES / median,
+        "epoch_s_projected": ORIGINAL_EPISODES / median,
         "step_ms": 1e3 / median,
         "episodes_per_s_repeats": eps,
         "prefill_s": entry["prefill_s"],
@@ -116,6 +116,7 @@ def _entry_report(name: str, entry: dict[str, Any], episodes: int) -> dict[str, 
             for k in (
                 "loader",
                 "img_size",
+                "train_window",
                 "support_size",
                 "support_cache",
                 "trainable_blocks",
@@ -208,14 +209,14 @@ def _involved_options(names: list[str], device: torch.device) -> list[str]:
 def _projection(base: RefDetConfig) -> dict[str, Any]:
     d = base.data
     return {
-        "episodes": SEED_EPISODES,
-        "query_frames": SEED_QUERY_FRAMES,
+        "episodes": ORIGINAL_EPISODES,
+        "query_frames": ORIGINAL_QUERY_FRAMES,
         "measured_at": {"img_size": d.img_size, "n_way": d.n_way, "n_query": d.n_query},
         "note": (
-            f"epoch_s_projected = {SEED_EPISODES} episodes / measured episodes/s, measured with {d.n_way}-way x "
-            f"{d.n_query}-query episodes of {d.full_frame_size} px frames (whole for seed; entries with crop_window "
-            "train half-size windows of them; support size per preset); the seed's epoch ran at 640 px, so this "
-            "projects the seed's episode count at the measured sizes only"
+            f"epoch_s_projected = {ORIGINAL_EPISODES} episodes / measured episodes/s, measured with {d.n_way}-way x "
+            f"{d.n_query}-query episodes of {d.img_size} px frames (whole for seed; entries with crop_window "
+            "train half-size windows of them; support size per preset); the original's epoch ran at 640 px, so "
+            "this projects the original's episode count at the measured sizes only"
         ),
     }
 

@@ -1,4 +1,4 @@
-"""The accuracy guard of the bench: exact and close options must give the seed's numbers (within tolerance).
+"""The accuracy guard of the bench: exact and close options must give the seed preset's numbers (within tolerance).
 
 Two kinds of check, each against the ``seed`` preset at the bench's sizes:
 
@@ -89,17 +89,17 @@ def _relative(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), 1e-12)
 
 
-def _compute_checks(names: list[str], seed: RefDetConfig) -> dict[str, dict[str, Any]]:
+def _compute_checks(names: list[str], original: RefDetConfig) -> dict[str, dict[str, Any]]:
     if not names:
         return {}
-    ref = build_setup(seed)
-    batch = load_fixed_episode(ref.layout, ref.source, ref.train_ids, seed, base_classes=ref.base_classes)
+    ref = build_setup(original)
+    batch = load_fixed_episode(ref.layout, ref.source, ref.train_ids, original, base_classes=ref.base_classes)
     weights = {k: v.clone() for k, v in ref.model.state_dict().items()}
     ref_outputs = episode_outputs(ref, batch)
     ref_losses = episode_losses(ref, batch)
     out = {}
     for name in names:
-        setup = build_setup(apply_options(seed, [name]))
+        setup = build_setup(apply_options(original, [name]))
         setup.model.load_state_dict(weights)
         outputs = episode_outputs(setup, batch)
         losses = episode_losses(setup, batch)
@@ -116,15 +116,15 @@ def _compute_checks(names: list[str], seed: RefDetConfig) -> dict[str, dict[str,
 
 def run_guard(names: list[str], base: RefDetConfig) -> dict[str, dict[str, Any]]:
     """Check each exact/close option in ``names`` against the seed preset; ``ok`` per option."""
-    seed = preset_config("seed", base)
+    original = preset_config("seed", base)
     results: dict[str, dict[str, Any]] = {}
     data = [n for n in names if n in DATA_OPTIONS]
     if data:
-        ref = first_batch(seed)
+        ref = first_batch(original)
         for name in data:
-            diff = batch_difference(ref, first_batch(apply_options(seed, [name])))
+            diff = batch_difference(ref, first_batch(apply_options(original, [name])))
             results[name] = {"check": "first training batch", "max_abs_diff": diff, "rel_diff": diff}
-    results.update(_compute_checks([n for n in names if n not in DATA_OPTIONS], seed))
+    results.update(_compute_checks([n for n in names if n not in DATA_OPTIONS], original))
     for name, r in results.items():
         opt = OPTIONS[name]
         r.update(exactness=opt.exactness, tolerance=opt.tolerance, ok=r["rel_diff"] <= opt.tolerance)

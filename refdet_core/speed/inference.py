@@ -175,7 +175,7 @@ def run_inference_bench(
 
     Returns:
         ``{"backends": {name: {"frames_per_s", "ms_per_frame": {stage: ms}, "rss_peak_mb", "mean_st_iou",
-        "st_iou_diff_vs_torch_fp32"}}, "frame_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
+        "st_iou_diff_vs_torch_fp32"}}, "img_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
     """
     assert repeats >= 1 and batch >= 1, f"repeats {repeats} and batch {batch} must be >= 1"
     _, cfg, meta = read_checkpoint(ckpt)
@@ -200,7 +200,7 @@ def run_inference_bench(
     size = predictors["torch"].img_size
     return {
         "backends": {n: report[n] for n in names if n in backends or n == "torch"},
-        "frame_size": size,
+        "img_size": size,  # whole frames letterboxed to this size
         "videos": ids,
         "frames": frames,
         "decode_ms_per_frame": decode_ms_per_frame(layout.videos[ids[0]].video_path, size),

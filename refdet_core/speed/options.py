@@ -5,10 +5,10 @@ where it applies (``cpu``, ``gpu`` or ``both``) and whether it keeps the numbers
 ``close`` (within ``tolerance``, relative, on the loss of a fixed episode before and after one step) or
 ``lossy`` (a different computation; its accuracy change is measured by a short training run in 04).
 
-``seed`` is the baseline preset (seek reader, fp32, 512 px references, no caches, half the encoder trains);
-``fast`` is resolved on the machine it runs on (``fast_options``). Both build the same architecture with the
-same parameter count; they differ in how it is fed and computed, in which encoder blocks train
-(``freeze_encoder``) and in what a training query shows (``crop_window``: a half-size window of the whole
+``seed`` is the original system's choices (seek reader, fp32, 512 px references, no caches, half the encoder
+trains, whole frames); ``fast`` is resolved on the machine it runs on (``fast_options``). Both build the same
+architecture with the same parameter count; they differ in how it is fed and computed, in which encoder blocks
+train (``freeze_encoder``) and in what a training query shows (``crop_window``: a half-size window of the whole
 frame); those lossy entries are in ``fast`` on measured accuracy (docs/speed.md).
 """
 
@@ -72,28 +72,32 @@ def _workers(cfg: RefDetConfig) -> dict[str, Any]:
 
 
 def store_dir_for(cfg: RefDetConfig, size: int) -> dict[str, Any]:
-    """The ``store_dir`` override for whole frames of ``size`` px: none for the default folders (already named
-    by size), a suffixed folder for a named store, so that another size never rebuilds (and evicts) it."""
-    if cfg.data.store_dir and not cfg.data.frame_size and size != cfg.data.img_size:
+    """The ``store_dir`` override for whole frames of ``size`` px (``img_size``): none for the default folders
+    (already named by size), a suffixed folder for a named store, so that another size never rebuilds (and
+    evicts) it."""
+    if cfg.data.store_dir and size != cfg.data.img_size:
         return {"store_dir": f"{cfg.data.store_dir.rstrip('/')}_{size}"}
     return {}
 
 
 def _smaller_query(cfg: RefDetConfig) -> dict[str, Any]:
-    size = max(32, int(cfg.data.img_size * 0.8) // 32 * 32)  # 640 -> 512, 320 -> 256
+    """Training queries 0.8x: the window when training on windows (the frames stay), else the whole frames."""
+    size = max(32, int(cfg.data.query_size * 0.8) // 32 * 32)  # 640 -> 512, 320 -> 256
+    if cfg.data.train_window:
+        return {"train_window": size}
     return {"img_size": size, **store_dir_for(cfg, size)}
 
 
 def whole_frames(cfg: RefDetConfig) -> dict[str, Any]:
-    """Overrides that make training queries whole frames at the config's whole-frame size (no windows)."""
-    return {"img_size": cfg.data.full_frame_size, "frame_size": 0, "crop_native": False}
+    """Overrides that make training queries whole frames at the config's ``img_size`` (no windows)."""
+    return {"train_window": 0}
 
 
 def _crop_window(cfg: RefDetConfig) -> dict[str, Any]:
-    """Half-size training windows cut from whole frames letterboxed at the current query size (``crop_native``)."""
-    frame = cfg.data.full_frame_size
-    size = max(32, frame // 2 // 32 * 32)  # 640 -> 320 windows, 320 -> 160
-    return {"img_size": size, "frame_size": frame, "crop_native": True}
+    """Half-size training windows cut from the whole frames (``train_window``). ``img_size`` is restated, so that
+    a params snippet (``params_snippet``) carries the frame size its windows were cut from."""
+    frame = cfg.data.img_size
+    return {"img_size": frame, "train_window": max(32, frame // 2 // 32 * 32)}  # 640 -> 320 windows, 320 -> 160
 
 
 _ENTRIES = (
@@ -102,7 +106,7 @@ _ENTRIES = (
     Option("support_cache", "frozen encoder prefix computed once per reference video and augmentation variant "
            "and reused (instead of re-encoding the references every episode); support augmentation draws from "
            "support_variants fixed variants", "both", "exact", {"support_cache": True}),
-    Option("freeze_encoder", "all DINOv3 blocks frozen (the seed trained the last 6); same parameters, the "
+    Option("freeze_encoder", "all DINOv3 blocks frozen (the original trained the last 6); same parameters, the "
            "support cache then covers the whole encoder", "both", "lossy", {"trainable_blocks": 0}),
     Option("bf16", "bf16 autocast (GPU, or CPU with AMX / AVX512-BF16; slower than fp32 elsewhere)", "both",
            "close", {"precision": "bf16"}, tolerance=0.05),
@@ -118,29 +122,30 @@ _ENTRIES = (
     Option("keep_memory", "freed memory stays in the process heap (glibc mallopt: no per-block mmap, no trim), "
            "so steps stop re-faulting their activations page by page", "cpu", "exact", {"keep_memory": True}),
     Option("cache_sizes", "frame LRU 2 GiB instead of 512 MiB", "both", "exact", {"cache_mb": 2048}),
-    Option("support_256", "references at 256 px instead of the seed's 512 (4x fewer encoder tokens)", "both",
+    Option("support_256", "references at 256 px instead of the original's 512 (4x fewer encoder tokens)", "both",
            "lossy", {"support_size": 256}),
     Option("small_encoder", "DINOv3 ViT-Tiny instead of ViT-S (different architecture and parameter count)",
            "both", "lossy", {"encoder": "vit_tiny_patch16_dinov3_qkvb"}),
     Option("int8_encoder", "INT8 dynamic quantization of the frozen encoder blocks", "cpu", "lossy",
            {"int8_encoder": True}),
     Option("cheaf", "CHEAF fusion instead of PSALM (different architecture)", "both", "lossy", {"fusion": "cheaf"}),
-    Option("query_512", "query resolution 0.8x (640 -> 512; at a 320 profile 256)", "both", "lossy",
+    Option("query_512", "training query resolution 0.8x (640 -> 512; at a 320 profile 256): the window when "
+           "training on windows, else the whole frames", "both", "lossy",
            _smaller_query),
     Option("skip_p2", "no P2 (stride-4) level in fusion and head", "both", "lossy", {"use_p2": False}),
-    Option("crop_window", "train on half-size windows cut from the whole letterboxed frames (crop_native: "
+    Option("crop_window", "train on half-size windows cut from the whole letterboxed frames (train_window: "
            "objects keep the scale inference sees; 4x fewer query pixels, less background per step)", "both",
            "lossy", _crop_window),
     Option("loss_schedule", "dynamic loss schedule: contrastive weights halved after epoch 0", "both", "lossy",
            {"contrastive_decay_epoch": 0, "contrastive_decay": 0.5}),
     Option("wiou_v1", "WIoU v1 box loss instead of v3 (no focusing)", "both", "lossy", {"box_loss": "wiou_v1"}),
-    Option("num_aug_1", "one augmented variant per frame per epoch instead of the seed's 3", "both", "lossy",
+    Option("num_aug_1", "one augmented variant per frame per epoch instead of the original's 3", "both", "lossy",
            {"num_aug": 1}),
 )  # fmt: skip
 
 OPTIONS: dict[str, Option] = {o.name: o for o in _ENTRIES}
 
-SEED_OVERRIDES: dict[str, Any] = {
+SEED_OVERRIDES: dict[str, Any] = {  # the original system's choices
     "loader": "seek",
     "support_size": 512,
     "support_cache": False,
@@ -188,11 +193,11 @@ def check_names(names: Iterable[str], valid: Iterable[str], what: str) -> list[s
 
 
 def seed_config(base: RefDetConfig) -> RefDetConfig:
-    """The baseline preset: ``SEED_OVERRIDES``, and half the encoder blocks train (6 of ViT-S's 12; tiny test
-    encoders: half theirs).
+    """The ``seed`` preset (the original system's choices): ``SEED_OVERRIDES``, and half the encoder blocks train
+    (6 of ViT-S's 12; tiny test encoders: half theirs).
 
-    The seed trained on whole frames: a base that cuts training windows (``crop_native``) is put back to whole
-    frames at its whole-frame size, so that ``crop_window`` is measured against whole frames whatever the base.
+    The original trained on whole frames: a base that cuts training windows (``train_window``) is put back to
+    whole frames at its ``img_size``, so that ``crop_window`` is measured against whole frames whatever the base.
     """
     extra = {
         "pin_memory": torch.cuda.is_available() and base.train.device != "cpu",
@@ -211,12 +216,12 @@ def apply_options(cfg: RefDetConfig, names: Iterable[str]) -> RefDetConfig:
 def preset_config(name: str, base: RefDetConfig, *, device: torch.device | str | None = None) -> RefDetConfig:
     """``seed`` or ``fast`` on top of ``base`` (which gives data root and sizes)."""
     check_names([name], PRESETS, "preset")
-    seed = seed_config(base)
-    return seed if name == "seed" else apply_options(seed, fast_options(device))
+    original = seed_config(base)
+    return original if name == "seed" else apply_options(original, fast_options(device))
 
 
 def entry_config(name: str, base: RefDetConfig) -> RefDetConfig:
-    """A bench entry: a preset name, or ``seed+opt1+opt2`` (options on top of seed)."""
+    """A bench entry: a preset name, or ``seed+opt1+opt2`` (options on top of the seed preset)."""
     head, *extra = name.split("+")
     if head not in PRESETS:
         raise OptionError(f"unknown preset {head!r}; choose from {', '.join(PRESETS)}")
@@ -233,9 +238,10 @@ def option_table() -> list[dict[str, Any]]:
 
 
 def params_snippet(base: RefDetConfig, names: Iterable[str]) -> dict[str, Any]:
-    """Config keys of ``seed`` + ``names`` that a training params file (notebook 05) should set."""
-    cfg = apply_options(seed_config(base), names).flat()
+    """Config keys of the ``seed`` preset + ``names`` that a training params file (notebook 05) should set."""
+    original = seed_config(base)
+    cfg = apply_options(original, names).flat()
     keys = list(SEED_OVERRIDES) + ["pin_memory", "trainable_blocks"]
     for name in names:
-        keys += list(OPTIONS[name].resolve(seed_config(base)))
+        keys += list(OPTIONS[name].resolve(original))
     return {k: (list(cfg[k]) if isinstance(cfg[k], tuple) else cfg[k]) for k in dict.fromkeys(keys)}

@@ -210,7 +210,8 @@ def scaling_table(
     rows = {}
     for key, values in grid.items():
         for value in values:
-            extra = store_dir_for(base, value) if key == "img_size" else {}
+            # img_size scales the whole frames; the preset decides the training window (seed: none)
+            extra = {**store_dir_for(base, value), "train_window": 0} if key == "img_size" else {}
             cfg = config_from_dict({key: value, **extra}, source=f"scaling {key}", base=base)
             report = profile_entries([preset], cfg, steps=steps, warmup=warmup, prefills=prefills)[preset]
             rows[f"{key}={value}"] = {c: report["components"][c]["ms"] for c in COMPONENTS}

@@ -52,7 +52,7 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
             f"{source}: key 'n_way' is {cfg.data.n_way} but there are only {len(train_ids)} training videos"
         )
 
-    validate_model_config(cfg.model, img_size=cfg.data.img_size, support_size=cfg.data.support_size)
+    validate_model_config(cfg.model, img_size=cfg.data.query_size, support_size=cfg.data.support_size)
     if cfg.data.store_dir:
         index = Path(cfg.data.store_dir) / "index.json"
         if index.is_file():
@@ -60,7 +60,7 @@ def check_training_config(cfg: RefDetConfig, train_ids: list[str], source: str) 
                 built = json.loads(index.read_text()).get("img_size")
             except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
                 built = None  # a damaged store is rebuilt
-            size = cfg.data.full_frame_size
+            size = cfg.data.img_size
             if built is not None and built != size and cfg.data.loader == "store":
                 raise ConfigError(
                     f"{index}: frame store built for frames of {built} px, config asks for {size} "
@@ -123,7 +123,7 @@ def build_training(
     device = pick_device(cfg.train.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # collectives and default allocations go to this rank's GPU
-    seed_everything(cfg.train.seed)
+    seed_everything(cfg.train.random_seed)
     base_classes = base_classes_of(layout, train_ids)
     source = _shared_source(layout, cfg, rank=rank, world_size=world_size, progress=progress)
     loader = make_loader(
