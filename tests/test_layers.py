@@ -24,6 +24,7 @@ LAYERS = (
     ("losses", "checkpoint"),  # the losses (on the head's box coding); reading a checkpoint into a model
     ("train", "eval"),  # training; inference and scores
     ("speed",),  # it drives training and inference to time them
+    ("demo",),  # the synthetic demo set: a tool of the entry points, which no library layer below depends on
     ("runner", "widgets"),  # entry points and views
     ("notebook",),
     ("cli",),
