@@ -21,7 +21,7 @@ USER_ERRORS = (
     ("refdet_core.config", "ConfigError"),
     ("refdet_core.destination", "DestinationError"),
     ("refdet_core.data.layout", "LayoutError"),
-    ("refdet_core.data.demo", "DemoError"),
+    ("refdet_core.demo", "DemoError"),
     ("refdet_core.data.frames", "VideoError"),
     ("refdet_core.data.store", "StoreError"),
     ("refdet_core.eval.submission", "SubmissionError"),
@@ -83,7 +83,7 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------- data
 def cmd_data_demo(args: argparse.Namespace) -> None:
-    from refdet_core.data.demo import write_demo
+    from refdet_core.demo import write_demo
 
     width, height = args.size
     summary = write_demo(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from refdet_core.data.demo import write_demo
+from refdet_core.demo import write_demo
 
 DEMO_ARGS = {"videos": 4, "frames": 40, "seed": 0, "width": 320, "height": 192, "fps": 25}
 

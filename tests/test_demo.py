@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from refdet_core.data import demo
-from refdet_core.data.demo import DemoError, read_demo_marker, write_demo
-from refdet_core.data.demo_draw import Look, colour_distance
 from refdet_core.data.layout import read_layout
+from refdet_core.demo import DemoError, Look, read_demo_marker, write_demo
+from refdet_core.demo import write as demo_write
+from refdet_core.demo.looks import colour_distance, colour_twin, random_look, shape_twin
 
 TINY = {"videos": 2, "frames": 16, "width": 160, "height": 96}
 
@@ -68,11 +68,11 @@ def test_references(demo_root: Path) -> None:
 
 
 def test_empty_videos() -> None:
-    _, _, val, _, empty = demo._assign(8, 0)
+    _, _, val, _, empty = demo_write._assign(8, 0)
     assert len(empty) == 2 and empty[1] in val and empty[0] not in val
-    _, _, val, _, empty = demo._assign(4, 0)
+    _, _, val, _, empty = demo_write._assign(4, 0)
     assert len(empty) == 1 and empty[0] not in val
-    _, _, val, tune, empty = demo._assign(20, 0, val_videos=4, tune_videos=4)
+    _, _, val, tune, empty = demo_write._assign(20, 0, val_videos=4, tune_videos=4)
     assert len(empty) == 3 and empty[1] in val and empty[2] in tune
 
 
@@ -119,7 +119,7 @@ def test_replaces_previous_demo_and_fails_cleanly(tmp_path: Path, monkeypatch: p
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(demo, "_render", boom)
+    monkeypatch.setattr(demo_write, "render_video", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         write_demo(out, seed=3, **TINY)
     assert read_demo_marker(out)["params"]["seed"] == 2, "a failed run damaged the previous set"
@@ -168,8 +168,8 @@ def test_every_video_has_colour_twins_shape_twins_and_unrelated_distractors(tmp_
 def test_twins_share_one_cue_with_the_target_and_not_the_other() -> None:
     rng = np.random.default_rng(0)
     for _ in range(50):
-        target = demo.random_look(rng, "Backpack")
-        c, s = demo.colour_twin(rng, target), demo.shape_twin(rng, target)
+        target = random_look(rng, "Backpack")
+        c, s = colour_twin(rng, target), shape_twin(rng, target)
         assert c.kind != target.kind and colour_distance(c.primary, target.primary) < 25
         assert s.kind == target.kind and s.aspect == target.aspect
         assert colour_distance(s.primary, target.primary) > 40 and colour_distance(s.primary, target.secondary) > 40

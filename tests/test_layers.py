@@ -1,5 +1,6 @@
-"""The import graph of ``refdet_core``: no cycle, no arrow up the layers of docs/architecture.md, and the library
-(below the entry points) names no notebook, ``params/`` or ``outputs/`` path outside a docstring.
+"""The import graph of ``refdet_core``: no cycle, no arrow up the layers of docs/architecture.md, the demo
+generator imported by the entry points alone, and the library (below the entry points) names no notebook,
+``params/`` or ``outputs/`` path outside a docstring.
 
 The graph is read from the source with ``ast``: every ``import`` of a ``refdet_core`` module, at the top of a file
 or inside a function (a lazy import is an arrow too).
@@ -24,11 +25,14 @@ LAYERS = (
     ("losses", "checkpoint"),  # the losses (on the head's box coding); reading a checkpoint into a model
     ("train", "eval"),  # training; inference and scores
     ("speed",),  # it drives training and inference to time them
+    ("demo",),  # the synthetic demo set: a tool of the entry points, which no library layer below depends on
     ("runner", "widgets"),  # entry points and views
     ("notebook",),
     ("cli",),
 )
 ROW = {group: row for row, groups in enumerate(LAYERS) for group in groups}
+# groups that only some of the groups above them may import (the rows alone would let every higher row in)
+IMPORTED_ONLY_BY = {"demo": ("runner", "notebook", "cli")}
 ENTRY_POINTS = ("cli.py", "runner.py", "notebook.py")  # these know the project's layout
 LAYOUT_WORDS = re.compile(r"params/|outputs/|ipynb")  # grep -rn "params/\|outputs/\|ipynb" refdet_core
 # a line outside a docstring that may name the layout, and why
@@ -112,6 +116,17 @@ def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
     return sorted(bad)
 
 
+def forbidden_importers(graph: dict[str, set[str]]) -> list[str]:
+    """The arrows into an ``IMPORTED_ONLY_BY`` group from a group it does not name."""
+    bad = []
+    for src, targets in graph.items():
+        for dst in targets:
+            a, b = group(src), group(dst)
+            if a != b and b in IMPORTED_ONLY_BY and a not in IMPORTED_ONLY_BY[b]:
+                bad.append(f"{src} -> {dst} ({b} is imported only by {', '.join(IMPORTED_ONLY_BY[b])})")
+    return sorted(bad)
+
+
 def docstring_lines(tree: ast.Module) -> set[int]:
     lines: set[int] = set()
     for node in ast.walk(tree):
@@ -156,6 +171,10 @@ def test_no_arrow_points_up():
     assert upward_arrows(import_graph()) == []
 
 
+def test_only_the_entry_points_import_the_demo_generator():
+    assert forbidden_importers(import_graph()) == []
+
+
 def test_the_library_names_no_notebook_params_or_outputs_path():
     assert layout_lines() == []
 
@@ -183,3 +202,18 @@ def test_the_checks_fail_on_a_cycle_an_upward_arrow_and_a_layout_path(package_co
         (package_copy / "eval" / "video.py").read_text() + '\nDEFAULT = "outputs/demo/05_train_stage2"\n'
     )
     assert any(line.startswith("refdet_core/eval/video.py:") for line in layout_lines(package_copy))
+
+
+def test_the_checks_fail_on_a_library_or_view_that_imports_the_demo_generator(package_copy):
+    layout = package_copy / "data" / "layout.py"
+    layout.write_text(layout.read_text() + "\n\ndef _demo():\n    from refdet_core.demo import write_demo\n")
+    widgets = package_copy / "widgets.py"
+    widgets.write_text(widgets.read_text() + "\nfrom refdet_core.demo.looks import Look\n")
+    cli = package_copy / "cli.py"
+    cli.write_text(cli.read_text() + "\nfrom refdet_core.demo.write import MARKER\n")
+    graph = import_graph(package_copy)
+    assert "refdet_core.data.layout -> refdet_core.demo (row 2 -> row 6)" in upward_arrows(graph)
+    assert [line.split(" (")[0] for line in forbidden_importers(graph)] == [
+        "refdet_core.data.layout -> refdet_core.demo",
+        "refdet_core.widgets -> refdet_core.demo.looks",
+    ]

@@ -76,7 +76,7 @@ def smoke_notebook(out: Path) -> Path:
     import papermill
     import yaml
 
-    from refdet_core.data.demo import write_demo
+    from refdet_core.demo import write_demo
     from refdet_core.runner import notebook_params
 
     params = notebook_params("04_optimize", "smoke", out / "run", ROOT)
