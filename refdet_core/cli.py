@@ -98,7 +98,9 @@ def cmd_data_demo(args: argparse.Namespace) -> None:
         height=height,
         fps=args.fps,
     )
-    print(f"wrote demo set to {args.out}: {json.dumps(summary, default=str)}")
+    counts = ", ".join(f"{len(summary[k])} {k}" for k in ("train", "val", "tune"))
+    print(f"wrote demo set to {args.out}: {counts} videos ({len(summary['empty'])} without the target)")
+    print(f"splits in {Path(args.out) / 'splits.json'}; `refdet data check {args.out}` lists every video")
 
 
 def _check_text(obj: dict[str, Any]) -> str:
@@ -208,6 +210,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         precision=args.precision,
         enter=args.enter,
         colour_check=False if args.no_colour_check else None,
+        detect_every=args.detect_every,
         progress=not args.quiet,
         partial=args.allow_truncated,
         force=args.force,
@@ -336,7 +339,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         ckpt, data = _inference_inputs(args)
         report = run_inference_bench(
-            ckpt, data, backends=args.backend or ["torch", "onnxruntime"], batch=args.batch, repeats=args.repeats or 1
+            ckpt,
+            data,
+            backends=args.backend or ["torch", "onnxruntime"],
+            batch=args.batch,
+            repeats=args.repeats or 1,
+            detect_every=args.detect_every or [1],
         )
         _emit(report, args.json, _inference_text)
         return
@@ -474,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="score that starts an interval (default: the saved one); leave keeps its ratio",
     )
     c.add_argument("--no-colour-check", action="store_true", help="pick each frame's box by the detector's score alone")
+    c.add_argument(
+        "--detect-every",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="run the model on every K-th frame and interpolate the boxes between (default 1: every frame)",
+    )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument(
         "--allow-truncated",
@@ -533,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ckpt", default=None, help=f"with --inference: checkpoint folder (default {DEMO_CKPT})")
     c.add_argument("--data", default=None, help="with --inference: challenge layout root (default data/demo)")
     c.add_argument("--batch", type=_positive, default=8, help="with --inference: frames per forward pass")
+    c.add_argument(
+        "--detect-every",
+        type=_positive,
+        action="append",
+        metavar="K",
+        help="with --inference: also run each backend on every K-th frame only (repeatable; default 1)",
+    )
     c.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("run", help="run notebooks headless with papermill")

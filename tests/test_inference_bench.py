@@ -47,3 +47,13 @@ def test_unknown_backend_is_one_line(ckpt: Path, demo_root: Path, capsys: pytest
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown backend 'tensorrt'" in err[0]
+
+
+def test_inference_bench_detect_every_entries(ckpt: Path, demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "--inference", "--ckpt", str(ckpt), "--data", str(demo_root), "--backend", "torch",
+            "--detect-every", "1", "--detect-every", "3", "--batch", "4", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = report["backends"]
+    assert set(rows) == {"torch", "torch/every3"} and rows["torch/every3"]["detect_every"] == 3
+    assert rows["torch"]["detect_every"] == 1 and all(r["frames_per_s"] > 0 for r in rows.values())

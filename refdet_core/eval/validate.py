@@ -147,6 +147,7 @@ def validate(
     """
     layout = read_layout(data_root, probe_video=False)
     has_reid = predictor.match is not None
+    predictor.all_cues = True  # every arm is scored from the same candidates: re-ID and colour for all of them
     if choose_settings and tune_ids:
         tune_results = predict_layout(data_root, predictor, video_ids=tune_ids, progress=progress)
         chosen = choose(tune_results, gt, base=predictor.check, post=predictor.post, has_reid=has_reid)

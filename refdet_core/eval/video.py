@@ -45,6 +45,7 @@ from refdet_core.eval.candidates import (
     reference_histograms,
     top_candidates,
 )
+from refdet_core.eval.keyframes import fill_between
 from refdet_core.eval.metrics import GroundTruth, ScoredTrack, map50, presence_prf, st_iou
 from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
 from refdet_core.eval.submission import check_submission_path, write_submission
@@ -75,7 +76,8 @@ class VideoResult:
     height: int
     seconds: float  # wall time end to end: references, decode, model, candidates, post-processing
     track: ScoredTrack = field(default_factory=dict)
-    candidates: Candidates | None = None  # every frame's top boxes, from which scores/boxes/valid were selected
+    candidates: Candidates | None = None  # each detected frame's top boxes, from which scores/boxes/valid came
+    key_frames: np.ndarray | None = None  # (M,) the frames the model ran on, when not every one (detect_every > 1)
 
     @property
     def frames_per_s(self) -> float:
@@ -93,6 +95,8 @@ class VideoResult:
         """The same candidates with each frame's box picked under another colour check, then ``post``."""
         assert self.candidates is not None, f"{self.video_id}: no candidates stored"
         scores, boxes, valid = self.candidates.select(check)
+        if self.key_frames is not None:
+            scores, boxes, valid = fill_between(self.key_frames, scores, boxes, valid, len(self.frames))
         return replace(self, scores=scores, boxes=boxes, valid=valid).retrack(post)
 
 
@@ -115,36 +119,53 @@ def letterbox_bgr(bgr: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), lb
 
 
-def frame_batches(
-    video_path: str | Path, img_size: int, batch: int
-) -> Iterator[tuple[np.ndarray, Letterbox, int, tuple[int, int]]]:
-    """Decode a video front to back -> ``(frames (b, S, S, 3) uint8 RGB, Letterbox, first index, (W, H) native)``.
+@dataclass
+class FrameBatch:
+    """Letterboxed frames of a video: ``frames`` (b, S, S, 3) uint8 RGB at the frame indices ``index`` (b,);
+    ``decoded`` frames read so far (the video's length after the last batch), ``size`` (W, H) native."""
 
-    Every frame is kept; b = ``batch`` except for the last batch. Raises VideoError for a video that cannot be
-    opened or yields no frame.
+    frames: np.ndarray
+    index: np.ndarray
+    letterbox: Letterbox | None
+    size: tuple[int, int]
+    decoded: int
+
+
+def frame_batches(video_path: str | Path, img_size: int, batch: int, *, every: int = 1) -> Iterator[FrameBatch]:
+    """Decode a video front to back -> batches of b = ``batch`` frames (fewer in the last one).
+
+    ``every`` > 1 keeps frames 0, every, 2 * every, ... only; the others are grabbed, not converted (the last
+    batch may then hold no frame and only say how many were decoded). Raises VideoError for a video that cannot
+    be opened or yields no frame.
     """
+    assert batch >= 1 and every >= 1, f"batch {batch} and every {every} must be >= 1"
     cap = cv2.VideoCapture(str(video_path))
     if not cap.isOpened():
         raise VideoError(f"{video_path}: cannot open video")
-    index, buf, lb, size = 0, [], None, (0, 0)
+    index, sent, buf, keys, lb, size = 0, 0, [], [], None, (0, 0)
     try:
         while True:
-            ok, bgr = cap.read()
+            if index % every and cap.grab():
+                index += 1
+                continue
+            ok, bgr = cap.read() if index % every == 0 else (False, None)
             if not ok:
                 break
             img, lb = letterbox_bgr(bgr, img_size)
             size = (bgr.shape[1], bgr.shape[0])
             buf.append(img)
-            if len(buf) == batch:
-                yield np.stack(buf), lb, index - batch + 1, size
-                buf = []
+            keys.append(index)
             index += 1
+            if len(buf) == batch:
+                yield FrameBatch(np.stack(buf), np.asarray(keys, dtype=np.int64), lb, size, index)
+                buf, keys, sent = [], [], index
     finally:
         cap.release()
     if index == 0:
         raise VideoError(f"{video_path}: no frame could be decoded")
-    if buf:
-        yield np.stack(buf), lb, index - len(buf), size
+    if buf or index > sent:  # frames left, or frames grabbed since the last full batch
+        frames = np.stack(buf) if buf else np.zeros((0, img_size, img_size, 3), dtype=np.uint8)
+        yield FrameBatch(frames, np.asarray(keys, dtype=np.int64), lb, size, index)
 
 
 def prefetch(items: Iterator, depth: int = PREFETCH) -> Iterator:
@@ -192,6 +213,10 @@ class VideoPredictor:
         precision: "fp32" or "bf16" (autocast). channels_last: NHWC activations for the query path.
         check: how each frame's box is picked among its candidates (``eval.candidates``; default: by the
             detector's score).
+        detect_every: run the model on every k-th frame only (``eval.keyframes`` fills the frames between).
+
+    Re-ID and colour similarities are computed only where ``check`` uses them, unless ``all_cues`` is set (the
+    validation protocol scores every arm from one pass).
     """
 
     def __init__(
@@ -207,11 +232,14 @@ class VideoPredictor:
         precision: str = "fp32",
         channels_last: bool = False,
         check: Selection | None = None,
+        detect_every: int = 1,
     ) -> None:
         if getattr(model.head, "mode", "prototype") == "standard":
             raise ValueError("video inference needs prototype scores; the model's head_mode is 'standard'")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision {precision!r}: choose fp32 or bf16")
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         assert batch >= 1 and k_shot >= 1, f"batch {batch} and k_shot {k_shot} must be >= 1"
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -221,6 +249,8 @@ class VideoPredictor:
         self.post, self.batch = post, batch
         self.precision, self.channels_last = precision, channels_last
         self.check = Selection() if check is None else check
+        self.detect_every = detect_every
+        self.all_cues = False  # re-ID and colour for every candidate even where ``check`` ignores them
         self.ref_hist: torch.Tensor | None = None
         self.match = getattr(self.model, "match", None)  # the re-ID embedding of models/match.py, if trained
         self.stage_s: dict[str, float] = defaultdict(float)  # wall seconds per stage (host clock: exact on CPU)
@@ -256,13 +286,14 @@ class VideoPredictor:
         x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         scores, boxes = self.candidates_of(x)
         t0 = time.perf_counter()
-        colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
+        colour = torch.zeros_like(scores)
+        if self.all_cues or self.check.colour:
+            colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
         t1 = time.perf_counter()
-        if self.match is not None:
+        reid = torch.zeros_like(scores)
+        if self.match is not None and (self.all_cues or self.check.reid_weight > 0):
             with self._autocast():
                 reid = self.match.crop_similarity(self.model.backbone, x.float() / 255.0, boxes, self.templates())
-        else:
-            reid = torch.zeros_like(scores)
         out = tuple(t.float().cpu().numpy() for t in (scores, boxes, colour, reid))
         self.stage_s["candidates"] += t1 - t0
         self.stage_s["reid"] += time.perf_counter() - t1
@@ -303,21 +334,32 @@ class VideoPredictor:
         memory.stream_frames()  # RSS stays flat however long the video (refdet_core/memory.py says why)
         t0 = time.perf_counter()
         self.set_references(reference_paths)
-        frames, parts = [], []
+        keys, parts, total = [], [], 0
         width = height = 0
+        batches = frame_batches(video_path, self.img_size, self.batch, every=self.detect_every)
         with tqdm(total=frames_hint or None, desc=video_id, unit="frame", disable=not progress) as bar:
-            for batch, lb, first, (width, height) in prefetch(frame_batches(video_path, self.img_size, self.batch)):
-                s, b, colour, reid = self.detect(batch)
-                b, ok = clip_boxes(lb.to_native(b.reshape(-1, 4)), width, height)
-                parts.append(Candidates(s, b.reshape(s.shape + (4,)), ok.reshape(s.shape) & (s > 0), colour, reid))
-                frames.append(np.arange(first, first + len(batch)))
-                bar.update(len(batch))
+            for fb in prefetch(batches):
+                (width, height), done = fb.size, fb.decoded
+                if len(fb.frames):
+                    s, b, colour, reid = self.detect(fb.frames)
+                    b, ok = clip_boxes(fb.letterbox.to_native(b.reshape(-1, 4)), width, height)
+                    valid = ok.reshape(s.shape) & (s > 0)
+                    parts.append(Candidates(s, b.reshape(s.shape + (4,)), valid, colour, reid))
+                    keys.append(fb.index)
+                bar.update(done - total)
+                total = done
         self.model.clear_cache()
         t_post = time.perf_counter()
-        cands = Candidates.concat(parts)
+        cands, keys = Candidates.concat(parts), np.concatenate(keys)
         scores, boxes, valid = cands.select(self.check)
-        frames = np.concatenate(frames).astype(np.int64)
-        result = VideoResult(video_id, frames, scores, boxes, valid, width, height, 0.0, candidates=cands)
+        key_frames = None
+        if self.detect_every > 1:
+            scores, boxes, valid = fill_between(keys, scores, boxes, valid, total)
+            key_frames = keys
+        frames = np.arange(total, dtype=np.int64)
+        result = VideoResult(
+            video_id, frames, scores, boxes, valid, width, height, 0.0, candidates=cands, key_frames=key_frames
+        )
         result = result.retrack(self.post)
         seconds = time.perf_counter() - t0
         self.stage_s["post"] += time.perf_counter() - t_post
@@ -450,6 +492,7 @@ def predict_to_submission(
     precision: str | None = None,
     enter: float | None = None,
     colour_check: bool | None = None,
+    detect_every: int = 1,
     progress: bool = True,
     partial: bool = False,
     force: bool = False,
@@ -458,14 +501,18 @@ def predict_to_submission(
 
     Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
     picks CUDA when available. The checkpoint's saved inference settings apply (``load_predictor``); ``enter``
-    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given. ``out_path``
+    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given;
+    ``detect_every`` k runs the model on every k-th frame only (``eval.keyframes``). ``out_path``
     and every video are checked before the model loads; a video that stops decoding early is an error naming it
     (``partial``: a warning, its frames decoded are covered). ``force`` replaces an ``out_path`` that is not a
     submission.
 
     Returns:
-        ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "colour_check", "precision"}``.
+        ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "selection", "precision",
+        "detect_every"}``.
     """
+    if detect_every < 1:
+        raise ValueError(f"detect_every must be >= 1, got {detect_every}")
     check_submission_path(out_path, force=force)
     layout = read_layout(data_root, probe_video=False)
     expected = expected_frames(layout, sorted(layout.videos), partial=partial)
@@ -476,12 +523,14 @@ def predict_to_submission(
         predictor.post = replace(post, enter=float(enter), leave=float(enter) * ratio)
     if colour_check is not None:
         predictor.check = replace(predictor.check, colour=bool(colour_check))
+    predictor.detect_every = detect_every
     results = predict_layout(data_root, predictor, progress=progress, frames_hint=expected)
     paths = {vid: layout.videos[vid].video_path for vid in results}
     check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)
     write_submission(out_path, tracks(results), list(results))
     settings = {"postprocess": vars(predictor.post), "selection": vars(predictor.check)}
-    return {**throughput(results), "out": str(out_path), **settings, "precision": predictor.precision}
+    extra = {"precision": predictor.precision, "detect_every": detect_every}
+    return {**throughput(results), "out": str(out_path), **settings, **extra}
 
 
 def tracks(results: Mapping[str, VideoResult]) -> dict[str, ScoredTrack]:

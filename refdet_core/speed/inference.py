@@ -8,7 +8,8 @@ difference from ``torch`` in fp32 (the accuracy guard).
 
 Backends (``BACKENDS``): ``torch`` (fp32), ``torch-bf16`` (autocast; pays only with AMX / AVX512-BF16),
 ``onnxruntime`` (the exported graphs, prototypes as an input computed once per video) and ``onnxruntime-int8``
-(the query graph with dynamically quantized weights).
+(the query graph with dynamically quantized weights). With ``detect_every`` values besides 1, each backend also
+runs as ``<backend>/every<k>``: the model on every k-th frame only (``eval/keyframes.py``).
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ class RssPeak:
 def decode_ms_per_frame(video_path: str | Path, img_size: int) -> float:
     """Decoding and letterboxing alone, ms per frame (the reader thread's work, measured without the model)."""
     t0, n = time.perf_counter(), 0
-    for frames, *_ in frame_batches(video_path, img_size, 16):
-        n += len(frames)
+    for batch in frame_batches(video_path, img_size, 16):
+        n += len(batch.frames)
     return (time.perf_counter() - t0) * 1e3 / max(n, 1)
 
 
@@ -169,43 +170,59 @@ def run_inference_bench(
     video_ids: Sequence[str] | None = None,
     batch: int = 8,
     repeats: int = 1,
+    detect_every: Sequence[int] = (1,),
 ) -> dict[str, Any]:
     """Whole-video inference of ``ckpt`` over ``video_ids`` (default: the checkpoint's validation videos) per
-    backend, interleaved over ``repeats`` rounds.
+    backend and ``detect_every`` value, interleaved over ``repeats`` rounds.
 
     Returns:
         ``{"backends": {name: {"frames_per_s", "ms_per_frame": {stage: ms}, "rss_peak_mb", "mean_st_iou",
         "st_iou_diff_vs_torch_fp32"}}, "img_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
     """
     assert repeats >= 1 and batch >= 1, f"repeats {repeats} and batch {batch} must be >= 1"
+    assert all(k >= 1 for k in detect_every), f"detect_every values must be >= 1, got {list(detect_every)}"
     _, cfg, meta = read_checkpoint(ckpt)
     layout = read_layout(data_root)
     ids = list(video_ids) if video_ids else validation_split(layout, cfg.data, meta)[1]
     names = list(dict.fromkeys(["torch", *backends]))  # torch fp32 is the guard's reference
     with tempfile.TemporaryDirectory(prefix="refdet-inference-") as work:
         predictors = make_predictors(ckpt, names, batch=batch, work=Path(work))
-        runs: dict[str, list] = {n: [] for n in names}
+        entries = entry_names(names, detect_every)
+        runs: dict[str, list] = {e: [] for e in entries}
         for predictor in predictors.values():
             warm_up(predictor, layout.videos[ids[0]].reference_paths)
         for _ in range(repeats):
-            for name in names:
-                predictors[name].stage_s.clear()
-                results, seconds, rss = _one_pass(predictors[name], layout, ids)
-                runs[name].append((results, seconds, rss, dict(predictors[name].stage_s)))
+            for entry, (name, k) in entries.items():
+                predictor = predictors[name]
+                predictor.stage_s.clear()
+                predictor.detect_every = k
+                results, seconds, rss = _one_pass(predictor, layout, ids)
+                runs[entry].append((results, seconds, rss, dict(predictor.stage_s)))
     gt = layout_ground_truth(layout, [v for v in ids if v in layout.labelled_ids])
     frames = sum(len(r.frames) for r in runs["torch"][0][0].values())
-    report = {n: _summary(runs[n], gt, frames) for n in names}
-    for row in report.values():
+    report = {e: _summary(runs[e], gt, frames) for e in entries}
+    for entry, row in report.items():
         row["st_iou_diff_vs_torch_fp32"] = row["mean_st_iou"] - report["torch"]["mean_st_iou"]
+        row["detect_every"] = entries[entry][1]
     size = predictors["torch"].img_size
     return {
-        "backends": {n: report[n] for n in names if n in backends or n == "torch"},
+        "backends": {e: report[e] for e, (n, _) in entries.items() if n in backends or e == "torch"},
         "img_size": size,  # whole frames letterboxed to this size
         "videos": ids,
         "frames": frames,
         "decode_ms_per_frame": decode_ms_per_frame(layout.videos[ids[0]].video_path, size),
         "threads": torch.get_num_threads(),
     }
+
+
+def entry_names(backends: Sequence[str], detect_every: Sequence[int]) -> dict[str, tuple[str, int]]:
+    """``{entry: (backend, k)}``: ``torch`` at k = 1 always (the guard's reference), then every backend at every
+    k; k = 1 keeps the backend's name, others are ``<backend>/every<k>``."""
+    out = {"torch": ("torch", 1)}
+    for name in backends:
+        for k in dict.fromkeys(detect_every):
+            out[name if k == 1 else f"{name}/every{k}"] = (name, k)
+    return out
 
 
 def _summary(runs: list, gt: dict, frames: int) -> dict[str, Any]:
