@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from refdet_core.checkpoint import read_checkpoint
 from refdet_core.data.layout import read_layout
@@ -191,8 +192,9 @@ def run_inference_bench(
         runs: dict[str, list] = {e: [] for e in entries}
         for predictor in predictors.values():
             warm_up(predictor, layout.videos[ids[0]].reference_paths)
-        for _ in range(repeats):
-            for entry, (name, k) in entries.items():
+        for r in range(repeats):
+            # bars stay when done (no leave=False): a closed notebook bar shows "Loading widget..." after a reload
+            for entry, (name, k) in tqdm(entries.items(), desc=f"inference round {r + 1}/{repeats}", unit="pass"):
                 predictor = predictors[name]
                 predictor.stage_s.clear()
                 predictor.detect_every = k
