@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_video import TINY as VIDEO_TINY
 
 from refdet_core.cli import main
 from refdet_core.config import config_from_dict
@@ -18,16 +19,7 @@ from refdet_core.eval.video import frame_batches, load_predictor
 from refdet_core.models.refdet import RefDet
 from refdet_core.train.checkpoint import save_checkpoint
 
-TINY = {
-    "img_size": 64,
-    "support_size": 64,
-    "k_shot": 3,
-    "encoder_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2, "img_size": 64},
-    "width": 0.125,
-    "proto_dims": [8, 16, 24, 32],
-    "ref_match": True,
-    "match_size": 32,
-}
+TINY = {**VIDEO_TINY, "ref_match": True, "match_size": 32}
 
 
 @pytest.fixture(scope="module")

@@ -52,14 +52,19 @@ def test_notebook_keys_are_the_parameters_that_are_no_config_key():
         assert NOTEBOOK_KEYS[name] == declared - FLAT_KEYS, f"config.NOTEBOOK_KEYS[{name!r}] != its parameters cell"
 
 
-def test_unknown_params_key_is_named(tmp_path, monkeypatch):
-    fake = tmp_path / "repo"
+def fake_repo(root: Path, notebook: str, params_text: str) -> Path:
+    """A project folder holding one of the notebooks and its smoke params file with ``params_text``."""
+    fake = root / "repo"
     (fake / "notebooks").mkdir(parents=True)
     (fake / "params" / "smoke").mkdir(parents=True)
-    nb = nbformat.read(NB_DIR / "01_data_cache.ipynb", as_version=4)
-    nbformat.write(nb, fake / "notebooks" / "01_data_cache.ipynb")
-    (fake / "params" / "smoke" / "01_data_cache.yaml").write_text("img_size: 64\nimg_sise: 64\n")
-    monkeypatch.chdir(fake)
+    nb = nbformat.read(NB_DIR / f"{notebook}.ipynb", as_version=4)
+    nbformat.write(nb, fake / "notebooks" / f"{notebook}.ipynb")
+    (fake / "params" / "smoke" / f"{notebook}.yaml").write_text(params_text)
+    return fake
+
+
+def test_unknown_params_key_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(fake_repo(tmp_path, "01_data_cache", "img_size: 64\nimg_sise: 64\n"))
     with pytest.raises(NotebookError, match=r"01_data_cache.yaml: unknown key 'img_sise'"):
         run_notebooks(["01"], profile="smoke", out_dir=tmp_path / "out")
 
@@ -181,12 +186,6 @@ def test_refdet_validate_runs_06s_protocol(smoke_run, capsys):
 
 
 def test_replaced_params_key_names_the_replacement(tmp_path, monkeypatch):
-    fake = tmp_path / "repo"
-    (fake / "notebooks").mkdir(parents=True)
-    (fake / "params" / "smoke").mkdir(parents=True)
-    nb = nbformat.read(NB_DIR / "05_train_stage2.ipynb", as_version=4)
-    nbformat.write(nb, fake / "notebooks" / "05_train_stage2.ipynb")
-    (fake / "params" / "smoke" / "05_train_stage2.yaml").write_text("img_size: 64\nframe_size: 128\n")
-    monkeypatch.chdir(fake)
+    monkeypatch.chdir(fake_repo(tmp_path, "05_train_stage2", "img_size: 64\nframe_size: 128\n"))
     with pytest.raises(NotebookError, match=r"05_train_stage2.yaml: key 'frame_size' was replaced: img_size is the"):
         run_notebooks(["05"], profile="smoke", out_dir=tmp_path / "out")

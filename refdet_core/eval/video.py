@@ -145,10 +145,12 @@ def frame_batches(video_path: str | Path, img_size: int, batch: int, *, every: i
     index, sent, buf, keys, lb, size = 0, 0, [], [], None, (0, 0)
     try:
         while True:
-            if index % every and cap.grab():
+            if index % every:  # between key frames: advance the stream, convert nothing
+                if not cap.grab():
+                    break
                 index += 1
                 continue
-            ok, bgr = cap.read() if index % every == 0 else (False, None)
+            ok, bgr = cap.read()
             if not ok:
                 break
             img, lb = letterbox_bgr(bgr, img_size)
@@ -408,6 +410,7 @@ def load_predictor(
     precision: str | None = None,
     channels_last: bool = False,
     check: Selection | None = None,
+    detect_every: int = 1,
 ) -> VideoPredictor:
     """A VideoPredictor over the RefDet of a checkpoint folder (its config.yaml and meta.json give the model).
 
@@ -431,6 +434,7 @@ def load_predictor(
         precision=precision,
         channels_last=channels_last,
         check=check,
+        detect_every=detect_every,
     )
 
 
@@ -511,19 +515,18 @@ def predict_to_submission(
         ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "selection", "precision",
         "detect_every"}``.
     """
-    if detect_every < 1:
-        raise ValueError(f"detect_every must be >= 1, got {detect_every}")
     check_submission_path(out_path, force=force)
     layout = read_layout(data_root, probe_video=False)
     expected = expected_frames(layout, sorted(layout.videos), partial=partial)
-    predictor = load_predictor(ckpt, device=pick_device(device), batch=batch, precision=precision)
+    predictor = load_predictor(
+        ckpt, device=pick_device(device), batch=batch, precision=precision, detect_every=detect_every
+    )
     if enter is not None:
         post = predictor.post
         ratio = post.leave / post.enter if post.enter > 0 else 0.6
         predictor.post = replace(post, enter=float(enter), leave=float(enter) * ratio)
     if colour_check is not None:
         predictor.check = replace(predictor.check, colour=bool(colour_check))
-    predictor.detect_every = detect_every
     results = predict_layout(data_root, predictor, progress=progress, frames_hint=expected)
     paths = {vid: layout.videos[vid].video_path for vid in results}
     check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)

@@ -72,11 +72,11 @@ def prefill_support_cache(setup: Any, prefills: Prefills | None = None) -> float
         return 0.0
     dataset = setup.trainer.loader.dataset
     variants = range(max(setup.cfg.speed.support_variants, 1)) if dataset.augment else range(1)
-    key = _prefill_key(setup, variants) if prefills is not None else None
-    earlier = prefills.take(key) if prefills is not None else None
-    if earlier is not None:
-        cache.adopt(earlier)
-        return 0.0
+    if prefills is not None:  # the key hashes the encoder's weights: only worth it where it can be reused
+        key = _prefill_key(setup, variants)
+        if (earlier := prefills.take(key)) is not None:
+            cache.adopt(earlier)
+            return 0.0
     start = time.perf_counter()
     with torch.no_grad():
         for vid in setup.train_ids:
