@@ -31,7 +31,11 @@ USER_ERRORS = (
     ("refdet_core.runner", "NotebookError"),
     ("refdet_core.speed.options", "OptionError"),
     ("refdet_core.eval.export", "ExportError"),
+    ("refdet_core.eval.predict", "BackendError"),
 )
+
+# eval/predict.py's BACKENDS, spelled here so that `--help` and a wrong choice import no torch (a test keeps them equal)
+PREDICT_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -199,12 +203,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from refdet_core.eval.submission import check_submission_path
 
     check_submission_path(args.out, force=args.force)  # before torch and the model load
-    from refdet_core.eval.video import predict_to_submission
+    from refdet_core.eval.predict import predict_to_submission
 
     summary = predict_to_submission(
         args.data,
         args.ckpt,
         args.out,
+        backend=args.backend,
         device=args.device,
         batch=args.batch,
         precision=args.precision,
@@ -470,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     c.add_argument("--batch", type=int, default=8, help="frames per forward pass (default 8)")
     c.add_argument(
+        "--backend",
+        choices=PREDICT_BACKENDS,
+        default="torch",
+        help="how the network runs: eager PyTorch (default), PyTorch in bf16, or onnxruntime with the exported "
+        "graphs (exported first, about 30 s; onnxruntime-int8: INT8 weights); `refdet bench --inference` compares them",
+    )
+    c.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         default=None,
@@ -542,9 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-p", "--params", default=None, help="params YAML for data root and sizes (--inference: a 06 file)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--inference", action="store_true", help="whole-video inference per backend instead of training")
-    c.add_argument(
-        "--backend", action="append", help="with --inference: torch, torch-bf16, onnxruntime, onnxruntime-int8"
-    )
+    c.add_argument("--backend", action="append", help=f"with --inference: {', '.join(PREDICT_BACKENDS)} (repeatable)")
     c.add_argument("--ckpt", default=None, help=f"with --inference: checkpoint folder (default {DEMO_CKPT})")
     c.add_argument("--data", default=None, help="with --inference: challenge layout root (default data/demo)")
     c.add_argument("--batch", type=_positive, default=8, help="with --inference: frames per forward pass")

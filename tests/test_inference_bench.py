@@ -57,3 +57,42 @@ def test_inference_bench_detect_every_entries(ckpt: Path, demo_root: Path, capsy
     rows = report["backends"]
     assert set(rows) == {"torch", "torch/every3"} and rows["torch/every3"]["detect_every"] == 3
     assert rows["torch"]["detect_every"] == 1 and all(r["frames_per_s"] > 0 for r in rows.values())
+
+
+def test_predict_backend_onnxruntime_gives_torchs_submission(
+    ckpt: Path, demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from refdet_core.eval.submission import read_submission
+
+    subs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.json"
+        argv = ["predict", "--data", str(demo_root), "--ckpt", str(ckpt), "--out", str(out), "--backend", backend,
+                "--enter", "0", "--batch", "4", "-q"]  # fmt: skip
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backend"] == backend
+        subs[backend] = read_submission(out)
+    assert sorted(subs["torch"]) == sorted(subs["onnxruntime"])
+    close = total = 0
+    for vid, track in subs["torch"].items():
+        other = subs["onnxruntime"][vid]
+        assert sorted(track) == sorted(other), f"{vid}: other frames"  # enter 0 keeps every frame in both
+        for f, box in track.items():
+            total += 1
+            close += max(abs(a - b) for a, b in zip(box[:4], other[f][:4])) <= 1.0
+    assert total > 0 and close >= 0.95 * total, f"only {close} of {total} boxes agree within 1 px"
+
+
+def test_predict_backend_errors_are_one_line(ckpt: Path, demo_root: Path, tmp_path: Path, capsys) -> None:
+    from refdet_core.cli import PREDICT_BACKENDS
+    from refdet_core.eval.predict import BACKENDS
+
+    assert PREDICT_BACKENDS == BACKENDS
+    base = ["predict", "--data", str(demo_root), "--ckpt", str(ckpt), "--out", str(tmp_path / "s.json")]
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices
+        main([*base, "--backend", "tensorrt"])
+    assert exit_info.value.code == 2 and "invalid choice: 'tensorrt'" in capsys.readouterr().err
+    assert main([*base, "--backend", "onnxruntime", "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs fp32 graphs" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "s.json").exists()

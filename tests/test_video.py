@@ -18,6 +18,7 @@ from refdet_core.data.frames import VideoError, letterbox, read_image_rgb
 from refdet_core.data.layout import read_layout
 from refdet_core.eval.candidates import Selection, top_candidates
 from refdet_core.eval.postprocess import PostprocessConfig
+from refdet_core.eval.predict import predict_to_submission
 from refdet_core.eval.submission import read_submission
 from refdet_core.eval.video import (
     VideoResult,
@@ -27,7 +28,6 @@ from refdet_core.eval.video import (
     letterbox_bgr,
     load_predictor,
     predict_layout,
-    predict_to_submission,
     prefetch,
     tune_enter,
 )

@@ -36,8 +36,6 @@ from refdet_core import memory
 from refdet_core.checkpoint import model_from_checkpoint
 from refdet_core.data.frames import Letterbox, VideoError, letterbox, read_image_rgb
 from refdet_core.data.layout import LayoutError, read_layout
-from refdet_core.data.probe import check_decoded, expected_frames
-from refdet_core.device import pick_device
 from refdet_core.eval.candidates import (
     Candidates,
     Selection,
@@ -48,7 +46,6 @@ from refdet_core.eval.candidates import (
 from refdet_core.eval.keyframes import fill_between
 from refdet_core.eval.metrics import GroundTruth, ScoredTrack, map50, presence_prf, st_iou
 from refdet_core.eval.postprocess import PostprocessConfig, postprocess_scored
-from refdet_core.eval.submission import check_submission_path, write_submission
 from refdet_core.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -484,56 +481,6 @@ def throughput(results: Mapping[str, VideoResult]) -> dict[str, float]:
         "seconds": round(seconds, 3),
         "frames_per_s": frames / seconds if seconds > 0 else float("nan"),
     }
-
-
-def predict_to_submission(
-    data_root: str | Path,
-    ckpt: str | Path,
-    out_path: str | Path,
-    *,
-    device: str = "auto",
-    batch: int = 8,
-    precision: str | None = None,
-    enter: float | None = None,
-    colour_check: bool | None = None,
-    detect_every: int = 1,
-    progress: bool = True,
-    partial: bool = False,
-    force: bool = False,
-) -> dict:
-    """``refdet predict``: every video of ``data_root`` -> challenge submission at ``out_path`` (atomic).
-
-    Every video of the layout is in the file (``"detections": []`` when nothing is found). ``device`` "auto"
-    picks CUDA when available. The checkpoint's saved inference settings apply (``load_predictor``); ``enter``
-    (leave keeps its ratio to enter), ``colour_check`` and ``precision`` override them when given;
-    ``detect_every`` k runs the model on every k-th frame only (``eval.keyframes``). ``out_path``
-    and every video are checked before the model loads; a video that stops decoding early is an error naming it
-    (``partial``: a warning, its frames decoded are covered). ``force`` replaces an ``out_path`` that is not a
-    submission.
-
-    Returns:
-        ``{"videos", "frames", "seconds", "frames_per_s", "out", "postprocess", "selection", "precision",
-        "detect_every"}``.
-    """
-    check_submission_path(out_path, force=force)
-    layout = read_layout(data_root, probe_video=False)
-    expected = expected_frames(layout, sorted(layout.videos), partial=partial)
-    predictor = load_predictor(
-        ckpt, device=pick_device(device), batch=batch, precision=precision, detect_every=detect_every
-    )
-    if enter is not None:
-        post = predictor.post
-        ratio = post.leave / post.enter if post.enter > 0 else 0.6
-        predictor.post = replace(post, enter=float(enter), leave=float(enter) * ratio)
-    if colour_check is not None:
-        predictor.check = replace(predictor.check, colour=bool(colour_check))
-    results = predict_layout(data_root, predictor, progress=progress, frames_hint=expected)
-    paths = {vid: layout.videos[vid].video_path for vid in results}
-    check_decoded({vid: len(r.frames) for vid, r in results.items()}, expected, paths, partial=partial)
-    write_submission(out_path, tracks(results), list(results))
-    settings = {"postprocess": vars(predictor.post), "selection": vars(predictor.check)}
-    extra = {"precision": predictor.precision, "detect_every": detect_every}
-    return {**throughput(results), "out": str(out_path), **settings, **extra}
 
 
 def tracks(results: Mapping[str, VideoResult]) -> dict[str, ScoredTrack]:

@@ -6,10 +6,9 @@ machine noise falls on all of them alike. Reported per backend: frames/s end to 
 so its own cost is measured apart, alone), peak RSS while the backend ran, and the mean ST-IoU with its
 difference from ``torch`` in fp32 (the accuracy guard).
 
-Backends (``BACKENDS``): ``torch`` (fp32), ``torch-bf16`` (autocast; pays only with AMX / AVX512-BF16),
-``onnxruntime`` (the exported graphs, prototypes as an input computed once per video) and ``onnxruntime-int8``
-(the query graph with dynamically quantized weights). With ``detect_every`` values besides 1, each backend also
-runs as ``<backend>/every<k>``: the model on every k-th frame only (``eval/keyframes.py``).
+Backends: ``eval/predict.py``'s ``BACKENDS``, the ones ``refdet predict --backend`` runs (``torch`` here in
+fp32). With ``detect_every`` values besides 1, each backend also runs as ``<backend>/every<k>``: the model on
+every k-th frame only (``eval/keyframes.py``).
 """
 
 from __future__ import annotations
@@ -28,90 +27,12 @@ from tqdm.auto import tqdm
 
 from refdet_core.checkpoint import read_checkpoint
 from refdet_core.data.layout import read_layout
-from refdet_core.eval.candidates import reference_histograms, top_decoded_candidates
-from refdet_core.eval.export import export_onnx, proto_names
-from refdet_core.eval.video import (
-    VideoPredictor,
-    evaluate,
-    frame_batches,
-    layout_ground_truth,
-    load_predictor,
-    validation_split,
-)
-from refdet_core.speed.options import OptionError
+from refdet_core.eval.predict import load_backends
+from refdet_core.eval.video import VideoPredictor, evaluate, frame_batches, layout_ground_truth, validation_split
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "onnxruntime-int8")
 RSS_EVERY_S = 0.1
-
-
-class OnnxPredictor(VideoPredictor):
-    """A VideoPredictor whose model runs in onnxruntime: ``support.onnx`` once per video, ``query.onnx`` per batch
-    with the prototypes as inputs; candidates, re-ID crops (the torch model's backbone), the colour rule and
-    post-processing are the torch predictor's."""
-
-    def __init__(self, base: VideoPredictor, support: Path, query: Path, *, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        vars(self).update(vars(base))
-        self.stage_s = type(base.stage_s)(float)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        providers = ["CPUExecutionProvider"]
-        self.support_session = ort.InferenceSession(str(support), opts, providers=providers)
-        self.query_session = ort.InferenceSession(str(query), opts, providers=providers)
-        self.names = proto_names(base.model)
-        self.protos: dict[str, np.ndarray] = {}
-
-    @torch.inference_mode()
-    def set_references(self, reference_paths: Sequence[str | Path]) -> None:
-        refs = self.reference_tensor(reference_paths)
-        self.ref_hist = reference_histograms(refs[0], self.check.bins)
-        self.protos = dict(zip(self.names, self.support_session.run(self.names, {"support": refs.numpy()})))
-
-    def templates(self) -> list[torch.Tensor]:
-        return [torch.from_numpy(v) for n, v in self.protos.items() if n.startswith("match_")]
-
-    def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        feed = {"query": np.ascontiguousarray(x.cpu().numpy()), **self.protos}
-        boxes, scores = self.query_session.run(["boxes", "scores"], feed)
-        t1 = time.perf_counter()
-        k, iou = self.check.candidates, self.check.nms_iou
-        found = top_decoded_candidates(torch.from_numpy(boxes), torch.from_numpy(scores[..., 0]), k=k, iou=iou)
-        self.stage_s["model"] += t1 - t0
-        self.stage_s["candidates"] += time.perf_counter() - t1
-        return found
-
-
-def quantize_query(onnx_dir: Path) -> Path:
-    """``query.int8.onnx``: the query graph with INT8 weights (onnxruntime's dynamic quantization)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    out = onnx_dir / "query.int8.onnx"
-    quantize_dynamic(str(onnx_dir / "query.onnx"), str(out), weight_type=QuantType.QInt8)
-    return out
-
-
-def make_predictors(ckpt: str | Path, backends: Sequence[str], *, batch: int, work: Path) -> dict[str, VideoPredictor]:
-    """One predictor per backend over the same checkpoint and inference settings."""
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise OptionError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    out: dict[str, VideoPredictor] = {}
-    graphs: dict[str, Path] = {}  # exported once, shared by the onnxruntime backends
-    for name in backends:
-        precision = "bf16" if name == "torch-bf16" else "fp32"
-        base = load_predictor(ckpt, batch=batch, precision=precision)
-        if name.startswith("onnxruntime"):
-            if not graphs:
-                graphs = export_onnx(ckpt, work / "onnx")
-            query = quantize_query(work / "onnx") if name.endswith("int8") else graphs["query"]
-            base = OnnxPredictor(base, graphs["support"], query)
-        out[name] = base
-    return out
 
 
 class RssPeak:
@@ -187,7 +108,7 @@ def run_inference_bench(
     ids = list(video_ids) if video_ids else validation_split(layout, cfg.data, meta)[1]
     names = list(dict.fromkeys(["torch", *backends]))  # torch fp32 is the guard's reference
     with tempfile.TemporaryDirectory(prefix="refdet-inference-") as work:
-        predictors = make_predictors(ckpt, names, batch=batch, work=Path(work))
+        predictors = load_backends(ckpt, names, work=Path(work), batch=batch, precision="fp32")
         entries = entry_names(names, detect_every)
         runs: dict[str, list] = {e: [] for e in entries}
         for predictor in predictors.values():
