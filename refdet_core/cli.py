@@ -340,6 +340,7 @@ def _bench_inputs(params: str | None) -> tuple[Path | None, list[Path]]:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     if args.inference:
+        from refdet_core.device import pick_device
         from refdet_core.speed.inference import run_inference_bench
 
         ckpt, data = _inference_inputs(args)
@@ -350,6 +351,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             batch=args.batch,
             repeats=args.repeats or 1,
             detect_every=args.detect_every or [1],
+            device=pick_device(args.device),
         )
         _emit(report, args.json, _inference_text)
         return
@@ -558,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ckpt", default=None, help=f"with --inference: checkpoint folder (default {DEMO_CKPT})")
     c.add_argument("--data", default=None, help="with --inference: challenge layout root (default data/demo)")
     c.add_argument("--batch", type=_positive, default=8, help="with --inference: frames per forward pass")
+    c.add_argument(
+        "--device", default="cpu", help="with --inference: cpu (default), cuda, cuda:1, auto (CUDA when available)"
+    )
     c.add_argument(
         "--detect-every",
         type=_positive,

@@ -34,6 +34,8 @@ def test_inference_bench_reports_every_backend(ckpt: Path, demo_root: Path, caps
     report = json.loads(capsys.readouterr().out)
     assert set(report["backends"]) == {"torch", "onnxruntime"}
     assert report["img_size"] == 64 and report["frames"] > 0 and report["decode_ms_per_frame"] > 0
+    assert report["device"] == "cpu" and report["providers"]["torch"] == ["torch"]
+    assert report["providers"]["onnxruntime"][0] == "CPUExecutionProvider"
     for row in report["backends"].values():
         assert row["frames_per_s"] > 0 and row["rss_peak_mb"] > 0
         assert {"model", "candidates", "post"} <= set(row["ms_per_frame"])

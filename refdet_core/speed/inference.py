@@ -93,13 +93,15 @@ def run_inference_bench(
     batch: int = 8,
     repeats: int = 1,
     detect_every: Sequence[int] = (1,),
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Whole-video inference of ``ckpt`` over ``video_ids`` (default: the checkpoint's validation videos) per
     backend and ``detect_every`` value, interleaved over ``repeats`` rounds.
 
     Returns:
         ``{"backends": {name: {"frames_per_s", "ms_per_frame": {stage: ms}, "rss_peak_mb", "mean_st_iou",
-        "st_iou_diff_vs_torch_fp32"}}, "img_size", "frames", "videos", "decode_ms_per_frame", "threads"}``.
+        "st_iou_diff_vs_torch_fp32"}}, "img_size", "frames", "videos", "decode_ms_per_frame", "threads", "device",
+        "providers" (per entry: onnxruntime's execution providers, or ["torch"])}``.
     """
     assert repeats >= 1 and batch >= 1, f"repeats {repeats} and batch {batch} must be >= 1"
     assert all(k >= 1 for k in detect_every), f"detect_every values must be >= 1, got {list(detect_every)}"
@@ -108,7 +110,7 @@ def run_inference_bench(
     ids = list(video_ids) if video_ids else validation_split(layout, cfg.data, meta)[1]
     names = list(dict.fromkeys(["torch", *backends]))  # torch fp32 is the guard's reference
     with tempfile.TemporaryDirectory(prefix="refdet-inference-") as work:
-        predictors = load_backends(ckpt, names, work=Path(work), batch=batch, precision="fp32")
+        predictors = load_backends(ckpt, names, work=Path(work), device=device, batch=batch, precision="fp32")
         entries = entry_names(names, detect_every)
         runs: dict[str, list] = {e: [] for e in entries}
         for predictor in predictors.values():
@@ -135,6 +137,8 @@ def run_inference_bench(
         "frames": frames,
         "decode_ms_per_frame": decode_ms_per_frame(layout.videos[ids[0]].video_path, size),
         "threads": torch.get_num_threads(),
+        "device": str(device),
+        "providers": {e: getattr(predictors[n], "providers", ["torch"]) for e, (n, _) in entries.items()},
     }
 
 
