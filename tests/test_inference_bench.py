@@ -98,3 +98,11 @@ def test_predict_backend_errors_are_one_line(ckpt: Path, demo_root: Path, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs fp32 graphs" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "s.json").exists()
+
+
+def test_inference_bench_runs_only_what_was_asked(ckpt: Path, demo_root: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["bench", "--inference", "--ckpt", str(ckpt), "--data", str(demo_root), "--backend", "onnxruntime",
+            "--detect-every", "1", "--detect-every", "2", "--batch", "4", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["backends"]
+    assert set(rows) == {"torch", "onnxruntime", "onnxruntime/every2"}  # torch every frame only: the guard
