@@ -59,15 +59,19 @@ class OnnxPredictor(VideoPredictor):
         self.providers = self.query_session.get_providers()
         self.names = proto_names(base.model)
         self.protos: dict[str, np.ndarray] = {}
+        self.match_templates: list[torch.Tensor] = []  # the protos' match templates on the device, once per video
 
     @torch.inference_mode()
     def set_references(self, reference_paths: Sequence[str | Path]) -> None:
         refs = self.reference_tensor(reference_paths)
         self.ref_hist = reference_histograms(refs[0], self.check.bins)
         self.protos = dict(zip(self.names, self.support_session.run(self.names, {"support": refs.numpy()})))
+        self.match_templates = [
+            torch.from_numpy(v).to(self.device) for n, v in self.protos.items() if n.startswith("match_")
+        ]
 
     def templates(self) -> list[torch.Tensor]:
-        return [torch.from_numpy(v).to(self.device) for n, v in self.protos.items() if n.startswith("match_")]
+        return self.match_templates
 
     def candidates_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()

@@ -111,7 +111,7 @@ def run_inference_bench(
     names = list(dict.fromkeys(["torch", *backends]))  # torch fp32 is the guard's reference
     with tempfile.TemporaryDirectory(prefix="refdet-inference-") as work:
         predictors = load_backends(ckpt, names, work=Path(work), device=device, batch=batch, precision="fp32")
-        entries = entry_names(list(dict.fromkeys(backends)), detect_every)  # torch at k > 1 only if asked
+        entries = entry_names(backends, detect_every)  # torch at k > 1 only if asked
         runs: dict[str, list] = {e: [] for e in entries}
         for predictor in predictors.values():
             warm_up(predictor, layout.videos[ids[0]].reference_paths)
