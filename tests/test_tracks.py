@@ -30,6 +30,46 @@ def test_link_follows_each_object_and_starts_new_tracks_after_a_gap() -> None:
     assert ids[0, 0] != ids[10, 0] and (ids[2:9, 0] == -1).all()
 
 
+def _moving_box(frames: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 10 px box moving ``step`` px per frame to the right, seen at ``frames`` -> boxes (M, 1, 4), scores,
+    valid."""
+    x = frames.astype(np.float32) * step
+    boxes = np.stack([x, np.full_like(x, 50.0), x + 10.0, np.full_like(x, 60.0)], axis=1)[:, None, :]
+    return boxes.astype(np.float32), np.full((len(frames), 1), 0.8, np.float32), np.ones((len(frames), 1), bool)
+
+
+def test_the_buffered_iou_keeps_a_small_moving_box_on_its_track() -> None:
+    """Every 3rd frame a 10 px box moving 2 px per frame overlaps its last box by IoU 0.25 (< 0.3); grown by a
+    quarter on each side, by 0.43."""
+    keys = np.arange(0, 30, 3)
+    boxes, scores, valid = _moving_box(keys, 2.0)
+    assert box_iou(boxes[0], boxes[1])[0, 0] == pytest.approx(0.25)
+    assert len(set(link(boxes, scores, valid, TrackConfig(motion=False), keys)[:, 0])) == 1
+    plain = link(boxes, scores, valid, TrackConfig(buffer=0.0, motion=False), keys)
+    assert len(set(plain[:, 0])) == len(keys)
+
+
+def test_a_tracks_velocity_carries_it_across_frames_not_detected() -> None:
+    """A 10 px box moving 4 px per frame, seen at frames 0, 1, then every 3rd: 12 px between key frames leaves
+    even the grown boxes apart (IoU 0.11), but the velocity learnt from frames 0 and 1 predicts where it is."""
+    keys = np.array([0, 1, 4, 7, 10, 13, 16])
+    boxes, scores, valid = _moving_box(keys, 4.0)
+    assert len(set(link(boxes, scores, valid, TrackConfig(), keys)[:, 0])) == 1
+    still = link(boxes, scores, valid, TrackConfig(motion=False), keys)
+    assert still[1, 0] == still[0, 0] and len(set(still[:, 0])) == len(keys) - 1
+
+
+def test_track_ages_count_frames_not_rows() -> None:
+    """With key frames 0, 3, 6, ..., a track unseen for one key frame has been unseen 6 frames (> max_age 5)."""
+    keys = np.arange(0, 30, 3)
+    boxes = np.tile(np.array([[[10, 10, 20, 20]]], np.float32), (len(keys), 1, 1))
+    scores, valid = np.full((len(keys), 1), 0.8, np.float32), np.ones((len(keys), 1), bool)
+    valid[4] = False
+    assert len(set(link(boxes, scores, valid, TrackConfig(max_age=5))[valid])) == 1  # rows: 2 apart
+    ids = link(boxes, scores, valid, TrackConfig(max_age=5), keys)
+    assert ids[3, 0] != ids[5, 0]  # frames 9 and 15: 6 apart
+
+
 def test_per_track_decision_ignores_a_flickering_look_alike() -> None:
     boxes, scores, valid = _two_objects()
     per_frame = Candidates(scores, boxes, valid, np.zeros_like(scores), np.zeros_like(scores))
@@ -71,6 +111,8 @@ def test_reid_weight_reranks_by_the_reference_match() -> None:
 def test_bad_track_settings_are_one_clear_error() -> None:
     with pytest.raises(ValueError, match="got"):
         TrackConfig(iou=0.0)
+    with pytest.raises(ValueError, match="buffer"):
+        TrackConfig(buffer=-0.1)
 
 
 def _result(vid: str, scores: np.ndarray, reid: np.ndarray, boxes: np.ndarray) -> VideoResult:

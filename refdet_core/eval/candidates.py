@@ -79,10 +79,13 @@ class Candidates:
             ranked = (1.0 - w) * np.clip(self.colour, 0.0, 1.0) ** check.power + w * ranked
         return ranked.astype(np.float32)
 
-    def select(self, check: Selection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One box per frame -> scores (T,), boxes (T, 4), valid (T,) (False where no candidate is valid)."""
+    def select(self, check: Selection, frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One box per row -> scores (T,), boxes (T, 4), valid (T,) (False where no candidate is valid).
+
+        ``frames`` (T,) the frame index of each row, where rows are key frames only (tracks count frames)."""
         if check.tracks:
-            return select_by_track(self.boxes, self.combined(check), self.valid, TrackConfig(enabled=True))
+            cfg = TrackConfig(enabled=True)
+            return select_by_track(self.boxes, self.combined(check), self.valid, cfg, frames)
         ranked = np.where(self.valid, self.combined(check), -np.inf)
         idx = ranked.argmax(axis=1)
         rows = np.arange(len(idx))

@@ -91,7 +91,7 @@ class VideoResult:
     def reselect(self, check: Selection, post: PostprocessConfig) -> VideoResult:
         """The same candidates with each frame's box picked under another colour check, then ``post``."""
         assert self.candidates is not None, f"{self.video_id}: no candidates stored"
-        scores, boxes, valid = self.candidates.select(check)
+        scores, boxes, valid = self.candidates.select(check, self.key_frames)
         if self.key_frames is not None:
             scores, boxes, valid = fill_between(self.key_frames, scores, boxes, valid, len(self.frames))
         return replace(self, scores=scores, boxes=boxes, valid=valid).retrack(post)
@@ -350,7 +350,7 @@ class VideoPredictor:
         self.model.clear_cache()
         t_post = time.perf_counter()
         cands, keys = Candidates.concat(parts), np.concatenate(keys)
-        scores, boxes, valid = cands.select(self.check)
+        scores, boxes, valid = cands.select(self.check, keys)
         key_frames = None
         if self.detect_every > 1:
             scores, boxes, valid = fill_between(keys, scores, boxes, valid, total)
