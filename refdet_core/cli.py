@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -228,16 +229,21 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from refdet_core.data.layout import read_layout, read_tune_ids
     from refdet_core.device import pick_device
     from refdet_core.eval import validate, video
+    from refdet_core.eval.predict import load_backends
 
     _, ckpt_cfg, meta = read_checkpoint(args.ckpt)
     layout = read_layout(args.data)
     train_ids, val_ids = video.validation_split(layout, ckpt_cfg.data, meta)
     tune_ids = read_tune_ids(args.data, layout.labelled_ids) or train_ids
-    predictor = video.load_predictor(args.ckpt, device=pick_device(args.device), batch=args.batch)
     gt = video.layout_ground_truth(layout, layout.labelled_ids)
-    report = validate.validate(
-        predictor, args.data, eval_ids=val_ids, tune_ids=tune_ids, gt=gt, swap=not args.no_swap, progress=not args.quiet
-    )
+    with tempfile.TemporaryDirectory(prefix="refdet-validate-") as work:
+        predictor = load_backends(
+            args.ckpt, [args.backend], work=Path(work), device=pick_device(args.device), batch=args.batch
+        )[args.backend]
+        report = validate.validate(
+            predictor, args.data, eval_ids=val_ids, tune_ids=tune_ids, gt=gt, swap=not args.no_swap,
+            progress=not args.quiet,
+        )  # fmt: skip
     out = validate.summary(report)
 
     def text(s: dict[str, Any]) -> str:
@@ -529,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True, help="challenge layout root with annotations")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda")
     c.add_argument("--batch", type=int, default=8, help="frames per forward pass")
+    c.add_argument(
+        "--backend", choices=PREDICT_BACKENDS, default="torch", help="how the network runs (as in `refdet predict`)"
+    )
     c.add_argument("--no-swap", action="store_true", help="skip the reference-swap control")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     c.add_argument("--json", action="store_true")

@@ -106,3 +106,35 @@ def test_inference_bench_runs_only_what_was_asked(ckpt: Path, demo_root: Path, c
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)["backends"]
     assert set(rows) == {"torch", "onnxruntime", "onnxruntime/every2"}  # torch every frame only: the guard
+
+
+def test_validate_backend_onnxruntime_scores_like_torch(
+    ckpt: Path, demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """06's protocol on the exported graphs (`refdet validate --backend onnxruntime`, notebook 06's `backend`):
+    every evaluated frame gets torch's candidates, so every arm scores as with torch."""
+    import numpy as np
+
+    from refdet_core.data.layout import read_layout
+    from refdet_core.eval import validate
+    from refdet_core.eval.predict import load_backends
+    from refdet_core.eval.video import layout_ground_truth
+
+    layout = read_layout(demo_root)
+    ids = layout.labelled_ids[:3]
+    gt = layout_ground_truth(layout, ids)
+    predictors = load_backends(ckpt, ["torch", "onnxruntime"], work=tmp_path, batch=4)
+    reports = {
+        name: validate.validate(p, demo_root, eval_ids=ids[:2], tune_ids=ids[2:], gt=gt, swap=False)
+        for name, p in predictors.items()
+    }
+    for vid in ids[:2]:
+        ours, theirs = (reports[n]["results"][vid].candidates for n in ("onnxruntime", "torch"))
+        assert theirs.scores.max() > 0, "a model that finds nothing would agree trivially"
+        np.testing.assert_allclose(ours.scores, theirs.scores, atol=1e-3)
+        np.testing.assert_allclose(ours.reid, theirs.reid, atol=1e-3)
+    for arm, scores in reports["torch"]["arms"].items():
+        assert reports["onnxruntime"]["arms"][arm]["mean_st_iou"] == pytest.approx(scores["mean_st_iou"], abs=0.01)
+    argv = ["validate", "--ckpt", str(ckpt), "--data", str(demo_root), "--device", "cpu", "--batch", "4",
+            "--backend", "onnxruntime", "--no-swap", "-q", "--json"]  # fmt: skip
+    assert main(argv) == 0 and "mean_st_iou" in json.loads(capsys.readouterr().out)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,9 +97,12 @@ def quantize_query(onnx_dir: Path) -> Path:
     return out
 
 
-def check_backend(name: str) -> None:
+def check_backend(name: str, precision: str | None = None) -> None:
+    """BackendError for a backend that does not exist or cannot run at ``precision``."""
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name.startswith("onnxruntime") and precision == "bf16":
+        raise BackendError(f"backend {name!r} runs fp32 graphs; bf16 precision is for the torch backends")
 
 
 def load_backends(
@@ -110,16 +114,19 @@ def load_backends(
     batch: int = 8,
     precision: str | None = None,
     detect_every: int = 1,
+    **settings: Any,
 ) -> dict[str, VideoPredictor]:
     """One predictor per backend over the same checkpoint and inference settings; the onnxruntime backends share
-    one export of the graphs into ``work`` (which must outlive the predictors)."""
+    one export of the graphs into ``work`` (which must outlive the predictors). ``precision`` applies to
+    ``torch`` (the onnxruntime graphs are fp32: bf16 with them is a BackendError); ``settings`` (``post``,
+    ``check``) go to ``load_predictor``."""
     for name in backends:
-        check_backend(name)
+        check_backend(name, precision)
     out: dict[str, VideoPredictor] = {}
     graphs: dict[str, Path] = {}
     for name in backends:
         prec = "bf16" if name == "torch-bf16" else (precision if name == "torch" else "fp32")
-        base = load_predictor(ckpt, device=device, batch=batch, precision=prec, detect_every=detect_every)
+        base = load_predictor(ckpt, device=device, batch=batch, precision=prec, detect_every=detect_every, **settings)
         if name.startswith("onnxruntime"):
             if not graphs:
                 log.info("exporting the ONNX graphs of %s", ckpt)
@@ -162,9 +169,7 @@ def predict_to_submission(
         "detect_every", "backend"}``.
     """
     check_submission_path(out_path, force=force)
-    check_backend(backend)
-    if backend.startswith("onnxruntime") and precision == "bf16":
-        raise BackendError(f"backend {backend!r} runs fp32 graphs; --precision bf16 is for the torch backends")
+    check_backend(backend, precision)  # before any file or model is touched
     layout = read_layout(data_root, probe_video=False)
     expected = expected_frames(layout, sorted(layout.videos), partial=partial)
     with tempfile.TemporaryDirectory(prefix="refdet-predict-") as work:
