@@ -417,6 +417,7 @@ NOTEBOOK_KEYS: dict[str, frozenset[str]] = {
             "run_dir",
             "split",
             "batch",
+            "backend",
             "enter",
             "leave",
             "max_gap",
