@@ -96,6 +96,7 @@ class LossConfig:
     w_supcon: float = 0.1
     w_cpe: float = 0.1
     w_triplet: float = 0.1
+    w_reid: float = 1.0  # the model's crop re-identification vs the references (with ref_match; models/match.py)
     tal_topk: int = 10
     tal_alpha: float = 0.5
     tal_beta: float = 6.0
@@ -264,6 +265,7 @@ NON_NEGATIVE = (
     "w_supcon",
     "w_cpe",
     "w_triplet",
+    "w_reid",
 )
 UNIT_INTERVAL = ("val_fraction", "bg_share", "store_bg_share", "min_lr_ratio")
 

@@ -234,7 +234,7 @@ def test_contrastive_losses_finite_and_connected(case, dtype):
 def test_random_batch_gives_nonzero_loss_and_gradients_everywhere():
     out = fake_output()
     total, terms = CombinedLoss(LossConfig(), stage=2, reg_max=16)(out, *targets_two_images(), epoch=0)
-    assert set(terms) == {"box", "dfl", "score", "cls", "supcon", "cpe", "triplet", "num_pos"}
+    assert set(terms) == {"box", "dfl", "score", "cls", "supcon", "cpe", "triplet", "reid", "num_pos"}
     assert all(t.dim() == 0 and not t.requires_grad for t in terms.values())
     assert total.item() > 0 and terms["num_pos"].item() >= 3
     assert all(terms[k].item() > 0 for k in ("box", "dfl", "score", "cls", "cpe", "triplet"))

@@ -347,3 +347,52 @@ def test_reference_match_is_siamese_and_reads_the_references() -> None:
         other = model.encode_support(support[1:]).templates
     assert same.item() > 0.99
     assert not torch.allclose(protos.templates[0], other[0]), "templates do not depend on the references"
+
+
+def test_reid_training_pairs_score_targets_and_hard_negatives() -> None:
+    """In training, ``reid_targets`` adds the crops the re-ID loss scores: each target box (its class) and up to
+    REID_NEGATIVES predicted boxes per frame away from the targets (-1), against every reference set; the loss
+    reaches the match projections and the backbone, and rewards a crop matching its own references only."""
+    from torchvision.ops import box_iou
+
+    from refdet_core.config import RefDetConfig
+    from refdet_core.losses.combined import reid_loss
+    from refdet_core.models.match import REID_NEGATIVE_IOU, REID_NEGATIVES, mine_negatives
+    from refdet_core.models.refdet import RefDet
+
+    m = RefDetConfig().model
+    m.encoder, m.encoder_kwargs = (
+        "vit_tiny_patch16_dinov3_qkvb",
+        {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32},
+    )
+    m.proto_dims, m.width, m.use_p2, m.head_mode, m.ref_match, m.match_size = (
+        (8, 8, 16, 16),
+        0.125,
+        False,
+        "prototype",
+        True,
+        32,
+    )
+    torch.manual_seed(0)
+    model = RefDet(m, num_base_classes=0, pretrained=False)
+    query = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    support = torch.randint(0, 255, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    boxes = [torch.tensor([[10.0, 12.0, 30.0, 28.0]]), torch.zeros(0, 4), torch.tensor([[30.0, 30.0, 50.0, 54.0]])]
+    labels = [torch.tensor([0]), torch.zeros(0, dtype=torch.long), torch.tensor([1])]
+    assert model(query, support).reid_cos is None  # nothing extra without the targets
+    out = model(query, support, reid_targets=(boxes, labels))
+    n_neg = int((out.reid_labels == -1).sum())
+    assert out.reid_cos.shape == (2 + n_neg, 2) and out.reid_labels[:1].tolist() == [0]
+    assert 0 < n_neg <= 3 * REID_NEGATIVES and out.reid_cos.abs().max() <= 1 + 1e-5
+    negatives = mine_negatives(out, boxes)
+    for neg, gt in zip(negatives, boxes):
+        assert len(neg) <= REID_NEGATIVES
+        if len(gt) and len(neg):
+            assert box_iou(neg, gt).max() < REID_NEGATIVE_IOU
+    loss = reid_loss(out.reid_cos, out.reid_labels, like=out.box_logits)
+    loss.backward()
+    assert model.match.proj[0].weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    right = reid_loss(torch.tensor([[0.9, 0.1], [0.0, 0.1]]), torch.tensor([0, -1]), like=loss)
+    swapped = reid_loss(torch.tensor([[0.1, 0.9], [0.9, 0.9]]), torch.tensor([0, -1]), like=loss)
+    assert right < 0.1 < 2 < swapped

@@ -1,4 +1,4 @@
-"""The training loss: task-aligned assignment, then box, DFL, score, base-class and contrastive terms.
+"""The training loss: task-aligned assignment, then box, DFL, score, base-class, contrastive and re-ID terms.
 
 Every anchor is supervised: positives get box, DFL and score targets; every other anchor is a negative for
 the score of every prototype (background frames train "absent"). Scores, box and DFL terms are normalised
@@ -12,6 +12,12 @@ Per-stage weights, on top of the ``LossConfig`` weights:
 | 2 (episodic) | 1 | 1 |
 | 3 (fine-tune) | 1 | 0.5 |
 
+The ``reid`` term (with ``ref_match``, every stage, weight ``w_reid``) trains the re-identification score of
+whole-video inference itself: the model's cosine between frame crops and each reference set
+(``HeadOutput.reid_cos``, ``models/match.py``), as a BCE on ``REID_SCALE * (cos - REID_OFFSET)``, 1 for a target
+crop against its own references and 0 for every other pair (the episode's other reference sets, the hard
+negatives); positive and negative pairs are averaged apart, so the few targets weigh as much as the many others.
+
 Dynamic schedule: once ``epoch > contrastive_decay_epoch`` (when that is >= 0) the contrastive weights are
 multiplied by ``contrastive_decay``. ``epoch`` is the 0-based index of the current epoch.
 """
@@ -24,7 +30,7 @@ from torch import Tensor, nn
 
 from refdet_core.config import LossConfig
 from refdet_core.losses.assigner import Assignment, TaskAlignedAssigner
-from refdet_core.losses.contrastive import cpe_loss, supcon_loss, triplet_loss
+from refdet_core.losses.contrastive import cpe_loss, graph_zero, supcon_loss, triplet_loss
 from refdet_core.losses.dfl import dfl_loss
 from refdet_core.losses.iou import build_box_loss
 from refdet_core.models.head import HeadOutput, bbox_to_dist, dfl_decode
@@ -32,6 +38,7 @@ from refdet_core.models.head import HeadOutput, bbox_to_dist, dfl_decode
 CONTRASTIVE = ("supcon", "cpe", "triplet")
 STAGE_CONTRASTIVE_SCALE = {1: 0.0, 2: 1.0, 3: 0.5}
 VARIFOCAL_ALPHA, VARIFOCAL_GAMMA = 0.75, 2.0
+REID_SCALE, REID_OFFSET = 10.0, 0.5  # a fixed calibration: inference ranks by the cosine itself
 
 
 def score_loss(logits: Tensor, targets: Tensor, kind: str = "bce") -> Tensor:
@@ -54,6 +61,17 @@ def score_loss(logits: Tensor, targets: Tensor, kind: str = "bce") -> Tensor:
         weight = torch.where(targets > 0, targets, VARIFOCAL_ALPHA * p.pow(VARIFOCAL_GAMMA))
         return (bce * weight).sum()
     raise ValueError(f"unknown score loss {kind!r}; choose bce or varifocal")
+
+
+def reid_loss(cos: Tensor | None, labels: Tensor | None, *, like: Tensor) -> Tensor:
+    """Crop-vs-references BCE (module docstring): cos (M, N), labels (M,) in [-1, N) -> (); 0 without crops."""
+    if cos is None or cos.numel() == 0:
+        return like.new_zeros((), dtype=torch.float32) if cos is None else graph_zero(cos)
+    target = one_hot(labels.clamp(min=0), cos.shape[1]) * (labels >= 0).float()[:, None]  # (M, N)
+    bce = F.binary_cross_entropy_with_logits(REID_SCALE * (cos.float() - REID_OFFSET), target, reduction="none")
+    pos = (bce * target).sum() / target.sum().clamp(min=1.0)
+    neg = (bce * (1.0 - target)).sum() / (1.0 - target).sum().clamp(min=1.0)
+    return pos + neg
 
 
 def one_hot(index: Tensor, n: int) -> Tensor:
@@ -111,7 +129,7 @@ class CombinedLoss(nn.Module):
             scale *= c.contrastive_decay
         return {
             "box": c.w_box, "dfl": c.w_dfl, "score": c.w_score, "cls": c.w_cls,
-            "supcon": c.w_supcon * scale, "cpe": c.w_cpe * scale, "triplet": c.w_triplet * scale,
+            "supcon": c.w_supcon * scale, "cpe": c.w_cpe * scale, "triplet": c.w_triplet * scale, "reid": c.w_reid,
         }  # fmt: skip
 
     def forward(
@@ -134,7 +152,8 @@ class CombinedLoss(nn.Module):
             base_labels: B tensors (n_i,) base-class index, -1 when unknown.
             epoch: 0-based epoch index, for the contrastive schedule.
         Returns:
-            total () fp32, and terms {box, dfl, score, cls, supcon, cpe, triplet, num_pos} as detached scalars.
+            total () fp32, and terms {box, dfl, score, cls, supcon, cpe, triplet, reid, num_pos} as detached
+            scalars.
         """
         self._check(out, boxes, labels, base_labels)
         box_logits = out.box_logits.float()
@@ -148,6 +167,7 @@ class CombinedLoss(nn.Module):
         terms["box"], terms["dfl"] = self._box_terms(box_logits, pred_boxes, anchors, strides, assign, norm)
         terms["cls"] = self._cls_term(out.cls_logits, assign, gt_base, norm)
         terms.update(self._contrastive_terms(out, assign))
+        terms["reid"] = reid_loss(out.reid_cos, out.reid_labels, like=box_logits)
 
         w = self.weights(epoch)
         total = sum(w[k] * terms[k] for k in w)

@@ -32,6 +32,8 @@ class HeadOutput:
     embeddings: per scale (B, A_s, D_s) projected anchor features (not normalised); empty in ``standard`` mode.
     prototypes: per scale (N, D_s) the prototypes scored against; empty in ``standard`` mode.
     anchors: (A, 2) anchor centres in input px; strides: (A,); level_shapes: (H_s, W_s) per scale.
+    reid_cos, reid_labels: in training with ``ref_match`` and the ``reid`` loss, the cosine (M, N) of M frame
+    crops with each reference set and their classes (M,), -1 for a hard negative (``ReferenceMatch.training_pairs``).
     """
 
     box_logits: torch.Tensor
@@ -42,6 +44,8 @@ class HeadOutput:
     anchors: torch.Tensor
     strides: torch.Tensor
     level_shapes: list[tuple[int, int]]
+    reid_cos: torch.Tensor | None = None
+    reid_labels: torch.Tensor | None = None
 
     def score_maps(self) -> list[torch.Tensor]:
         """Prototype logits as maps: per scale (B, N, H_s, W_s)."""

@@ -6,7 +6,12 @@ targets instead. Here the reference photos also go through the query backbone (s
 the object has about the scale it has in a frame), one shared 1x1 projection per scale maps reference and frame
 features alike, and the score of a frame position is its best cosine with the centre-weighted mean of a
 reference's features (max over the K references). The same function embeds a candidate box cut from a frame
-(``embed_crops``), which is the re-identification score of whole-video inference.
+(``crop_similarity``), which is the re-identification score of whole-video inference.
+
+Training reads that score directly (``training_pairs``, the ``reid`` loss term): each training frame's target
+boxes are cut out as at inference and scored against every reference set of the episode (their own: 1, the
+other ways': 0), beside hard negatives, the frame's highest-scoring predicted boxes away from any target (on
+look-alike data these are the colour and shape twins the detector confuses with the target).
 """
 
 from __future__ import annotations
@@ -14,10 +19,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
+from torchvision.ops import box_iou, nms, roi_align
+
+from refdet_core.models.head import HeadOutput, dfl_decode
 
 CENTRE_SIGMA = 0.25  # centre weighting of the reference features, Gaussian sigma as a share of the side
 CROP_CONTEXT = 1.8  # a candidate crop spans this many times the box's long side (references: object 40-70 %)
+REID_NEGATIVES = 3  # hard negatives per training frame
+REID_NEGATIVE_IOU = 0.3  # a predicted box is a negative when it overlaps every target box by less than this
+REID_POOL = 64  # highest-scoring anchors per frame that the negatives are picked from (after NMS at 0.5)
 
 
 def centre_weights(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -79,6 +89,26 @@ class ReferenceMatch(nn.Module):
     def logit(self, cos: torch.Tensor) -> torch.Tensor:
         return self.log_scale.exp() * (cos - self.offset)
 
+    def crop_embeddings(
+        self, backbone: nn.Module, frames: torch.Tensor, boxes: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """frames (B, 3, S, S) float in [0, 1]; boxes B tensors (C_i, 4) xyxy px -> per scale (sum C_i, D): a square
+        crop of ``CROP_CONTEXT`` times each box's long side around its centre, resized to ``size``."""
+        square = []
+        for b in boxes:
+            centre = (b[:, :2] + b[:, 2:]) / 2
+            half = (b[:, 2:] - b[:, :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * CROP_CONTEXT / 2
+            square.append(torch.cat([centre - half, centre + half], dim=-1).float())
+        crops = roi_align(frames.float(), square, output_size=self.size, aligned=True)  # (sum C_i, 3, s, s)
+        return self.embed(backbone(crops))
+
+    @staticmethod
+    def similarity(embedded: list[torch.Tensor], templates: list[torch.Tensor]) -> torch.Tensor:
+        """Crops per scale (M, D), templates per scale (N, K, D) -> (M, N): the best cosine over each set's K
+        references, averaged over scales."""
+        cos = [torch.einsum("md,nkd->mnk", e, t.float()).amax(dim=2) for e, t in zip(embedded, templates)]
+        return torch.stack(cos).mean(dim=0)
+
     def crop_similarity(
         self, backbone: nn.Module, frames: torch.Tensor, boxes: torch.Tensor, templates: list[torch.Tensor]
     ) -> torch.Tensor:
@@ -88,10 +118,47 @@ class ReferenceMatch(nn.Module):
         (one video's references) -> (B, C) in [-1, 1].
         """
         b, c = boxes.shape[:2]
-        centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-        half = (boxes[..., 2:] - boxes[..., :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * CROP_CONTEXT / 2
-        square = torch.cat([centre - half, centre + half], dim=-1).float()  # (B, C, 4)
-        crops = roi_align(frames.float(), list(square), output_size=self.size, aligned=True)  # (B*C, 3, s, s)
-        embedded = self.embed(backbone(crops))  # per scale (B*C, D)
-        cos = [e @ t[0].float().t() for e, t in zip(embedded, templates)]  # (B*C, K) per scale
-        return torch.stack([x.amax(dim=1) for x in cos]).mean(dim=0).reshape(b, c)
+        embedded = self.crop_embeddings(backbone, frames, list(boxes))  # per scale (B*C, D)
+        return self.similarity(embedded, templates)[:, 0].reshape(b, c)
+
+    def training_pairs(
+        self,
+        backbone: nn.Module,
+        frames: torch.Tensor,
+        out: HeadOutput,
+        boxes: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        templates: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops the ``reid`` loss scores: every target box and each frame's hard negatives.
+
+        frames (B, 3, S, S) float in [0, 1]; ``out`` the head's output on them (its boxes and scores pick the
+        negatives, without gradients); boxes B tensors (n_i, 4) xyxy px and labels B tensors (n_i,) episode-local
+        classes; templates per scale (N, K, D). -> cosine (M, N) of each crop with each reference set, and the
+        class of each crop (M,), -1 for a negative.
+        """
+        negatives = mine_negatives(out, boxes)
+        crops = [torch.cat([b.float(), n]) for b, n in zip(boxes, negatives)]
+        crop_labels = torch.cat(
+            [torch.cat([lb.long(), lb.new_full((len(n),), -1).long()]) for lb, n in zip(labels, negatives)]
+        )
+        return self.similarity(self.crop_embeddings(backbone, frames, crops), templates), crop_labels
+
+
+@torch.no_grad()
+def mine_negatives(out: HeadOutput, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per frame, up to ``REID_NEGATIVES`` predicted boxes (xyxy px) away from every target box: the highest
+    scores over the episode's reference sets, one per object (NMS at 0.5), at least 2 px wide and tall."""
+    pred = dfl_decode(out.box_logits.detach(), out.anchors, out.strides)  # (B, A, 4)
+    conf = out.scores.detach().float().amax(dim=-1)  # (B, A)
+    picked = []
+    for p, c, gt in zip(pred, conf, boxes):
+        if len(gt):
+            c = c.masked_fill(box_iou(p, gt.float()).amax(dim=1) >= REID_NEGATIVE_IOU, float("-inf"))
+        wide = ((p[:, 2:] - p[:, :2]) >= 2.0).all(dim=1)
+        c = c.masked_fill(~wide, float("-inf"))
+        top = c.topk(min(REID_POOL, c.numel())).indices
+        top = top[torch.isfinite(c[top])]
+        keep = nms(p[top], c[top], 0.5)[:REID_NEGATIVES]
+        picked.append(p[top[keep]])
+    return picked

@@ -178,12 +178,28 @@ class RefDet(nn.Module):
         *,
         use_cache: bool = False,
         support_tokens: torch.Tensor | None = None,
+        reid_targets: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     ) -> HeadOutput:
         """query (B, 3, S, S); support (N, K, 3, Ss, Ss), or ``use_cache=True`` after ``set_reference_images``,
-        or ``support_tokens`` from a support-feature cache (see ``prototypes``)."""
+        or ``support_tokens`` from a support-feature cache (see ``prototypes``). ``reid_targets``, the frames'
+        (boxes, labels) in training, adds the re-identification crops of the ``reid`` loss (with ``ref_match``)."""
         protos = self.prototypes(support, tokens=support_tokens, use_cache=use_cache)
         feats = self.forward_features(query)
-        return self.detect(self.fuse(feats, protos), feats, protos)
+        out = self.detect(self.fuse(feats, protos), feats, protos)
+        if reid_targets is not None:
+            self.add_reid_pairs(out, query, protos, reid_targets)
+        return out
+
+    def add_reid_pairs(
+        self, out: HeadOutput, query: torch.Tensor, protos: Prototypes, targets: tuple[list, list]
+    ) -> HeadOutput:
+        """The crops of the ``reid`` loss into ``out`` (``ReferenceMatch.training_pairs``); nothing without
+        ``ref_match``."""
+        if self.match is not None:
+            out.reid_cos, out.reid_labels = self.match.training_pairs(
+                self.backbone, prepare_query(query), out, *targets, protos.templates
+            )
+        return out
 
     @torch.no_grad()
     def set_reference_images(self, support: torch.Tensor) -> Prototypes:

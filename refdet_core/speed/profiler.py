@@ -63,6 +63,8 @@ def timed_step(setup: Any, batches: Iterator[Any], clock: Clock, *, epoch: int =
             fused = model.fuse(feats, protos)
         with clock("head"):
             out = model.detect(fused, feats, protos)
+            if setup.forward.reid:  # the re-ID loss's crops, as the trainer's forward adds them
+                model.add_reid_pairs(out, batch.query, protos, (batch.boxes, batch.labels))
     with clock("loss"):
         total, _ = trainer.loss_fn(out, batch.boxes, batch.labels, batch.base_labels, epoch=epoch)
     with clock("backward"):

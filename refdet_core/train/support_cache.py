@@ -104,6 +104,7 @@ class TrainingForward:
         usable = cfg.speed.support_cache and cfg.model.head_mode != "standard" and encoder.n_frozen > 0
         self.cache = SupportFeatureCache(encoder) if usable else None
         self.needs_images = model.match is not None  # the match path reads the images beside the tokens
+        self.reid = model.match is not None and cfg.loss.w_reid > 0  # the reid loss's crops join the forward
 
     def _tokens(self, batch: Any) -> torch.Tensor:
         return self.cache.tokens(batch.support, batch.support_video_ids, batch.support_variant)
@@ -115,6 +116,8 @@ class TrainingForward:
         return model.prototypes(batch.support if self.needs_images else None, tokens=self._tokens(batch))
 
     def __call__(self, net: nn.Module, batch: Any) -> Any:
+        reid = {"reid_targets": (batch.boxes, batch.labels)} if self.reid else {}
         if self.cache is None:
-            return net(batch.query, batch.support)
-        return net(batch.query, batch.support if self.needs_images else None, support_tokens=self._tokens(batch))
+            return net(batch.query, batch.support, **reid)
+        support = batch.support if self.needs_images else None
+        return net(batch.query, support, support_tokens=self._tokens(batch), **reid)
