@@ -17,7 +17,9 @@ Run:  .venv/bin/python benchmarks/recipe_options.py [--epochs 20] [--out outputs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -76,9 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     base = yaml.safe_load(Path(args.params).read_text())
     rows = []
-    runs = [(seed, i, name, change) for seed in map(int, args.seeds.split(",")) for i, (name, change) in
-            enumerate(VARIANTS.items())]  # fmt: skip
-    for seed, i, name, change in runs:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed, (i, (name, change)) in itertools.product(seeds, enumerate(VARIANTS.items())):
         out = Path(args.out) / f"variant_{i}_seed_{seed}"
         if not change and args.recipe_ckpt and seed == base.get("random_seed", 0):
             seconds, ckpt = float("nan"), Path(args.recipe_ckpt)
@@ -90,7 +91,7 @@ def main() -> None:
                 "variant": name,
                 "seed": seed,
                 "change": change,
-                "train_s": seconds if seconds != seconds else round(seconds),
+                "train_s": seconds if math.isnan(seconds) else round(seconds),
                 **tuning_scores(ckpt, base["data_root"]),
             }
         )

@@ -309,28 +309,23 @@ def test_param_summary_and_stage_tables() -> None:
     assert (times["ms"] > 0).all()
 
 
+def tiny_match_model() -> nn.Module:
+    """A tiny prototype-head model with ``ref_match`` (1-block ViT, no P2, 32 px match crops), seeded."""
+    from refdet_core.config import RefDetConfig
+
+    m = RefDetConfig().model
+    m.encoder = "vit_tiny_patch16_dinov3_qkvb"
+    m.encoder_kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32}
+    m.proto_dims, m.width, m.use_p2, m.head_mode = (8, 8, 16, 16), 0.125, False, "prototype"
+    m.ref_match, m.match_size = True, 32
+    torch.manual_seed(0)
+    return RefDet(m, num_base_classes=0, pretrained=False)
+
+
 def test_reference_match_is_siamese_and_reads_the_references() -> None:
     """ref_match: gradients reach the match projections through the references, and one function embeds both
     references and candidate crops: a crop of the reference, framed as the references are, matches its template."""
-    from refdet_core.config import RefDetConfig
-    from refdet_core.models.refdet import RefDet
-
-    cfg = RefDetConfig()
-    m = cfg.model
-    m.encoder, m.encoder_kwargs = (
-        "vit_tiny_patch16_dinov3_qkvb",
-        {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32},
-    )
-    m.proto_dims, m.width, m.use_p2, m.head_mode, m.ref_match, m.match_size = (
-        (8, 8, 16, 16),
-        0.125,
-        False,
-        "prototype",
-        True,
-        32,
-    )
-    torch.manual_seed(0)
-    model = RefDet(m, num_base_classes=0, pretrained=False)
+    model = tiny_match_model()
     query = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
     support = torch.randint(0, 255, (2, 3, 3, 32, 32), dtype=torch.uint8)
     out = model(query, support)
@@ -355,26 +350,10 @@ def test_reid_training_pairs_score_targets_and_hard_negatives() -> None:
     reaches the match projections and the backbone, and rewards a crop matching its own references only."""
     from torchvision.ops import box_iou
 
-    from refdet_core.config import RefDetConfig
     from refdet_core.losses.combined import reid_loss
     from refdet_core.models.match import REID_NEGATIVE_IOU, REID_NEGATIVES, mine_negatives
-    from refdet_core.models.refdet import RefDet
 
-    m = RefDetConfig().model
-    m.encoder, m.encoder_kwargs = (
-        "vit_tiny_patch16_dinov3_qkvb",
-        {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32},
-    )
-    m.proto_dims, m.width, m.use_p2, m.head_mode, m.ref_match, m.match_size = (
-        (8, 8, 16, 16),
-        0.125,
-        False,
-        "prototype",
-        True,
-        32,
-    )
-    torch.manual_seed(0)
-    model = RefDet(m, num_base_classes=0, pretrained=False)
+    model = tiny_match_model()
     query = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
     support = torch.randint(0, 255, (2, 3, 3, 32, 32), dtype=torch.uint8)
     boxes = [torch.tensor([[10.0, 12.0, 30.0, 28.0]]), torch.zeros(0, 4), torch.tensor([[30.0, 30.0, 50.0, 54.0]])]
