@@ -102,6 +102,7 @@ def cmd_data_demo(args: argparse.Namespace) -> None:
         width=width,
         height=height,
         fps=args.fps,
+        workers=args.workers,
     )
     counts = ", ".join(f"{len(summary[k])} {k}" for k in ("train", "val", "tune"))
     print(f"wrote demo set to {args.out}: {counts} videos ({len(summary['empty'])} without the target)")
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_width_height, default=(640, 360), metavar="WxH", help="frame size (challenge videos: 1280x720)"
     )
     d.add_argument("--fps", type=int, default=25)
+    d.add_argument("--workers", type=int, default=None, help="processes writing videos (default: one per core)")
     d.set_defaults(func=cmd_data_demo)
     d = data.add_parser("check", help="validate a challenge layout and summarise it")
     d.add_argument("root")

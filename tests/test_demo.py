@@ -32,6 +32,17 @@ def test_deterministic_per_seed(tmp_path: Path) -> None:
     assert c["train"] + c["val"]  # the other seed is a full set too
 
 
+def test_same_set_in_several_processes(tmp_path: Path) -> None:
+    args = {"videos": 4, "frames": 12, "width": 128, "height": 96, "seed": 5}
+    one, two = write_demo(tmp_path / "one", workers=1, **args), write_demo(tmp_path / "two", workers=2, **args)
+    assert one["videos"] == two["videos"]
+    assert _ann_bytes(tmp_path / "one") == _ann_bytes(tmp_path / "two")
+    assert read_demo_marker(tmp_path / "one") == read_demo_marker(tmp_path / "two")
+    for vid in one["videos"]:
+        refs = Path("samples") / vid / "object_images" / "img_2.jpg"
+        assert (tmp_path / "one" / refs).read_bytes() == (tmp_path / "two" / refs).read_bytes()
+
+
 def test_boxes_inside_frame(demo_root: Path) -> None:
     n = 0
     for entry in json.loads(_ann_bytes(demo_root)):

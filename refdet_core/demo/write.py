@@ -4,9 +4,11 @@ marker that lets a later run replace the set."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from refdet_core.demo.scene import CANVAS, place_objects, random_camera, visible
 from refdet_core.destination import clean_leftovers, make_temp_dir
 from refdet_core.io import atomic_write_bytes, atomic_write_json
 
+PARALLEL_FROM = 24  # sets of this many videos are written in several processes by default
 MARKER = "demo.json"  # marks a folder as a demo set, which write_demo may replace
 GENERATOR = "refdet_core.demo"  # demo.json's "generator": the package that wrote the set
 
@@ -57,8 +60,9 @@ def _assign(
     return ids, looks, val, tune, empty
 
 
-def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> dict[str, Any]:
-    """Write one sample folder (references + video); returns its annotation entry."""
+def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> tuple[dict[str, Any], list, dict]:
+    """Write one sample folder (references + video); returns its annotation entry, the training targets placed in
+    it as decoys and its distractor counts per kind."""
     rng = np.random.default_rng([ctx["seed"], index])
     width, height = ctx["width"], ctx["height"]
     frames = ctx["frames"] if vid in ctx["held_out"] else ctx["train_frames"]
@@ -86,9 +90,27 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> di
         atomic_write_bytes(refs / f"img_{k + 1}.jpg", buf.tobytes())
     boxes = render_video(folder / "drone_video.mp4", plan, targets, distractors, canvas, noise)
     names = {lk: v for v, lk in ctx["looks"].items()}
-    ctx["placed"][vid] = sorted({names[d] for d in plan["decoys"]})
-    ctx["twins"][vid] = plan["twins"]
-    return {"video_id": vid, "annotations": annotation_groups(boxes, plan["spans"])}
+    entry = {"video_id": vid, "annotations": annotation_groups(boxes, plan["spans"])}
+    return entry, sorted({names[d] for d in plan["decoys"]}), plan["twins"]
+
+
+def _write_samples(samples: Path, ids: list[str], ctx: dict[str, Any], workers: int) -> list[tuple]:
+    """``_write_sample`` for every video, in ``workers`` processes (each video draws from its own generator, so
+    the set does not depend on how many); results in ``ids`` order."""
+    bar = tqdm(total=len(ids), desc="demo videos", disable=None, leave=False)
+    if workers <= 1:
+        out = []
+        for i, vid in enumerate(ids):
+            out.append(_write_sample(samples / vid, vid, i, ctx))
+            bar.update()
+        bar.close()
+        return out
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_write_sample, samples / vid, vid, i, ctx) for i, vid in enumerate(ids)]
+        for _ in as_completed(futures):
+            bar.update()
+        bar.close()
+        return [f.result() for f in futures]
 
 
 def _check_out(out: Path) -> None:
@@ -135,6 +157,7 @@ def write_demo(
     width: int = 640,
     height: int = 360,
     fps: int = 25,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write the demo set in the challenge layout at ``out`` (plus ``splits.json`` and ``demo.json``).
 
@@ -142,7 +165,8 @@ def write_demo(
     quarter) the number of held-out ones; ``tune_videos`` more videos, as long as the held-out ones and of
     instances no training video shows, are listed in ``splits.json`` under ``"tune"`` (in neither ``train`` nor
     ``val``): the videos on which notebook 06 chooses its thresholds and weights. Deterministic per arguments.
-    ``out`` must be missing, empty or an earlier demo set (which is replaced).
+    ``out`` must be missing, empty or an earlier demo set (which is replaced). ``workers`` processes write the
+    videos (default: one per CPU core, one for fewer than ``PARALLEL_FROM`` videos); the set is the same for any.
     Returns a summary: ``{"root", "train", "val", "tune", "empty", "videos": {id: {...}}}``.
     """
     train_frames = frames if train_frames is None else train_frames
@@ -169,16 +193,14 @@ def write_demo(
         "looks": looks,
         "empty": empty,
         "decoys": [looks[v] for v in ids if v not in val and v not in tune],  # held-out instances: in no training video
-        "placed": {},
-        "twins": {},
     }
     clean_leftovers(out.parent, [out.name])
     tmp = make_temp_dir(out.parent, out.name)
     try:
-        entries = [
-            _write_sample(tmp / "samples" / vid, vid, i, ctx)
-            for i, vid in enumerate(tqdm(ids, desc="demo videos", disable=None, leave=False))
-        ]
+        if workers is None:
+            workers = (os.cpu_count() or 1) if videos >= PARALLEL_FROM else 1
+        written = _write_samples(tmp / "samples", ids, ctx, min(workers, videos))
+        entries = [entry for entry, _, _ in written]
         atomic_write_json(tmp / "annotations" / "annotations.json", entries)
         train = [v for v in ids if v not in val and v not in tune]
         atomic_write_json(tmp / "splits.json", {"train": train, "val": val, **({"tune": tune} if tune else {})})
@@ -192,8 +214,8 @@ def write_demo(
                 "params": params,
                 "empty": empty,
                 "looks": {v: vars(lk) for v, lk in looks.items()},
-                "decoys": ctx["placed"],
-                "distractors": ctx["twins"],
+                "decoys": {vid: placed for vid, (_, placed, _) in zip(ids, written)},
+                "distractors": {vid: twins for vid, (_, _, twins) in zip(ids, written)},
             },
         )
         _move_into_place(tmp, out)
