@@ -6,10 +6,11 @@ detector's score and by the re-ID similarity; the table gives the share of frame
 target (IoU >= 0.5), the share where the target is among the candidates at all, and the same with another
 video's references (the swap: what the ranking owes to the references). A gap between training and tuning
 videos is memorisation; a target among the candidates but not first is a matching failure, not a detection
-failure. No validation video is read.
+failure. ``--score`` ranks by one of the score's two terms (the head's, the reference match's) to see which of
+them reads the references. No validation video is read.
 
 Run:  .venv/bin/python benchmarks/reference_reading.py --ckpt outputs/demo/05_train_stage2/checkpoint
-      [--data data/demo] [--train-videos 8] [--json]
+      [--data data/demo] [--train-videos 8] [--score both|head|match] [--json]
 """
 
 from __future__ import annotations
@@ -43,6 +44,21 @@ def target_ranks(result, gt_frames: dict[int, list], field: str) -> list[int]:
     return ranks
 
 
+def score_by(model, part: str) -> None:
+    """Make ``model``'s score (what ranks and picks the candidates) the head's term only or the match term only
+    (``models/refdet.py``: the score is their sum); ``both`` leaves it as trained."""
+    if part == "both":
+        return
+
+    def detect(fused, feats, protos):
+        out = model.head(fused, None if protos is None else protos.per_scale)
+        if part == "match":
+            out.scores = model.match.scores(feats, protos.templates)
+        return out
+
+    model.detect = detect
+
+
 def summary(ranks: list[int]) -> dict[str, float]:
     r = np.asarray(ranks)
     return {"frames": len(r), "first": float(np.mean(r == 0)) if len(r) else 0.0,
@@ -54,6 +70,8 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--data", default="data/demo")
     ap.add_argument("--train-videos", type=int, default=8, help="training videos with a target, the first n")
+    ap.add_argument("--score", choices=("both", "head", "match"), default="both",
+                    help="the score's terms that rank the candidates (default: both, as trained)")  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -72,6 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="refdet-reading-") as work:
         predictor = load_backends(Path(args.ckpt), ["torch"], work=Path(work))["torch"]
         predictor.all_cues = True
+        score_by(predictor.model, args.score)
         for name, ids in groups.items():
             results = predict_layout(args.data, predictor, video_ids=ids, progress=False)
             swapped = {  # the same video with another video's references
