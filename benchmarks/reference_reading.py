@@ -39,7 +39,7 @@ def target_ranks(result, gt_frames: dict[int, list], field: str) -> list[int]:
         order = np.argsort(-np.where(valid, getattr(cand, field)[row], -np.inf))
         order = order[valid[order]]
         hit = box_iou(torch.as_tensor(cand.boxes[row][order]), torch.as_tensor(boxes, dtype=torch.float32))
-        on_target = np.nonzero(hit.amax(dim=1).numpy() >= HIT_IOU)[0] if len(order) else []
+        on_target = np.nonzero(hit.amax(dim=1).numpy() >= HIT_IOU)[0]
         ranks.append(int(on_target[0]) if len(on_target) else -1)
     return ranks
 
@@ -61,8 +61,9 @@ def score_by(model, part: str) -> None:
 
 def summary(ranks: list[int]) -> dict[str, float]:
     r = np.asarray(ranks)
-    return {"frames": len(r), "first": float(np.mean(r == 0)) if len(r) else 0.0,
-            "among": float(np.mean(r >= 0)) if len(r) else 0.0}  # fmt: skip
+    if not len(r):
+        return {"frames": 0, "first": 0.0, "among": 0.0}
+    return {"frames": len(r), "first": float(np.mean(r == 0)), "among": float(np.mean(r >= 0))}
 
 
 def main() -> None:

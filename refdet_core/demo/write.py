@@ -89,28 +89,21 @@ def _write_sample(folder: Path, vid: str, index: int, ctx: dict[str, Any]) -> tu
         assert ok, "JPEG encoding failed"
         atomic_write_bytes(refs / f"img_{k + 1}.jpg", buf.tobytes())
     boxes = render_video(folder / "drone_video.mp4", plan, targets, distractors, canvas, noise)
-    names = {lk: v for v, lk in ctx["looks"].items()}
     entry = {"video_id": vid, "annotations": annotation_groups(boxes, plan["spans"])}
-    return entry, sorted({names[d] for d in plan["decoys"]}), plan["twins"]
+    return entry, sorted({ctx["names"][d] for d in plan["decoys"]}), plan["twins"]
 
 
 def _write_samples(samples: Path, ids: list[str], ctx: dict[str, Any], workers: int) -> list[tuple]:
     """``_write_sample`` for every video, in ``workers`` processes (each video draws from its own generator, so
     the set does not depend on how many); results in ``ids`` order."""
-    bar = tqdm(total=len(ids), desc="demo videos", disable=None, leave=False)
+    bar = {"desc": "demo videos", "disable": None, "leave": False}
     if workers <= 1:
-        out = []
-        for i, vid in enumerate(ids):
-            out.append(_write_sample(samples / vid, vid, i, ctx))
-            bar.update()
-        bar.close()
-        return out
+        return [_write_sample(samples / vid, vid, i, ctx) for i, vid in enumerate(tqdm(ids, **bar))]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_write_sample, samples / vid, vid, i, ctx) for i, vid in enumerate(ids)]
-        for _ in as_completed(futures):
-            bar.update()
-        bar.close()
-        return [f.result() for f in futures]
+        for _ in tqdm(as_completed(futures), total=len(futures), **bar):
+            pass
+    return [f.result() for f in futures]
 
 
 def _check_out(out: Path) -> None:
@@ -191,14 +184,15 @@ def write_demo(
         "held_out": set(val) | set(tune),
         "fps": fps,
         "looks": looks,
+        "names": {lk: v for v, lk in looks.items()},  # look -> its video id, for the decoys placed
         "empty": empty,
         "decoys": [looks[v] for v in ids if v not in val and v not in tune],  # held-out instances: in no training video
     }
+    if workers is None:
+        workers = (os.cpu_count() or 1) if videos >= PARALLEL_FROM else 1
     clean_leftovers(out.parent, [out.name])
     tmp = make_temp_dir(out.parent, out.name)
     try:
-        if workers is None:
-            workers = (os.cpu_count() or 1) if videos >= PARALLEL_FROM else 1
         written = _write_samples(tmp / "samples", ids, ctx, min(workers, videos))
         entries = [entry for entry, _, _ in written]
         atomic_write_json(tmp / "annotations" / "annotations.json", entries)
