@@ -69,7 +69,7 @@ def tuning_scores(ckpt: Path, data: str) -> dict[str, float]:
         predictor.all_cues = True
         results = predict_layout(data, predictor, video_ids=tune_ids, progress=False)
         chosen = validate.choose(results, gt, base=predictor.check, post=predictor.post,
-                                 has_reid=predictor.match is not None)  # fmt: skip
+                                 has_reid=predictor.has_reid)  # fmt: skip
     return {arm: round(c.tune_st_iou, 4) for arm, c in chosen.items()}
 
 

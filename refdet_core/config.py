@@ -83,6 +83,11 @@ class ModelConfig:
     ref_match: bool = False  # references also through the query backbone: a siamese match score (models/match.py)
     match_dim: int = 64  # width of the match projections
     match_size: int = 64  # side references and candidate crops are resized to for the match
+    crop_reid: bool = (
+        False  # a re-ID network of its own over candidate crops, trained after the detector (models/reid.py)
+    )
+    crop_reid_size: int = 64  # side crops and references are resampled to for it
+    crop_reid_width: int = 16  # its first stage's channels
 
 
 @dataclass
@@ -121,6 +126,8 @@ class TrainConfig:
     log_every: int = 1  # optimizer steps between history rows
     checkpoint_every: int = 1  # epochs between checkpoints
     bn_recalibrate: int = 20  # episodes that recompute BatchNorm statistics with the final weights (0 = off)
+    reid_steps: int = 1500  # steps of the crop re-ID network's training after the detector's (with crop_reid)
+    reid_every: int = 4  # every n-th training frame is mined for its crops
 
 
 @dataclass
@@ -247,8 +254,12 @@ POSITIVE = (
     "tal_topk",
     "encoder_patch",
     "support_variants",
+    "crop_reid_size",
+    "crop_reid_width",
+    "reid_every",
 )
 NON_NEGATIVE = (
+    "reid_steps",
     "lr",
     "weight_decay",
     "warmup_steps",

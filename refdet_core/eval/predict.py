@@ -67,6 +67,7 @@ class OnnxPredictor(VideoPredictor):
         refs = self.reference_tensor(reference_paths)
         self.ref_hist = reference_histograms(refs[0], self.check.bins)
         self.protos = dict(zip(self.names, self.support_session.run(self.names, {"support": refs.numpy()})))
+        self.embed_references(refs)
         self.match_templates = [
             torch.from_numpy(v).to(self.device) for n, v in self.protos.items() if n.startswith("match_")
         ]

@@ -146,7 +146,7 @@ def validate(
     arm's), "swap": {...} | None, "with_target": [...], "tune_ids": [...], "eval_ids": [...]}``.
     """
     layout = read_layout(data_root, probe_video=False)
-    has_reid = predictor.match is not None
+    has_reid = predictor.has_reid
     predictor.all_cues = True  # every arm is scored from the same candidates: re-ID and colour for all of them
     if choose_settings and tune_ids:
         tune_results = predict_layout(data_root, predictor, video_ids=tune_ids, progress=progress)

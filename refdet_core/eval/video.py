@@ -252,6 +252,8 @@ class VideoPredictor:
         self.all_cues = False  # re-ID and colour for every candidate even where ``check`` ignores them
         self.ref_hist: torch.Tensor | None = None
         self.match = getattr(self.model, "match", None)  # the re-ID embedding of models/match.py, if trained
+        self.reid = getattr(self.model, "reid", None)  # the crop re-ID network of models/reid.py, if trained
+        self.reid_refs: torch.Tensor | None = None  # its embedding of the references (set_references)
         self.stage_s: dict[str, float] = defaultdict(float)  # wall seconds per stage (host clock: exact on CPU)
 
     def _autocast(self):
@@ -273,6 +275,26 @@ class VideoPredictor:
         self.ref_hist = reference_histograms(refs[0], self.check.bins)
         with self._autocast():
             self.model.set_reference_images(refs)
+        self.embed_references(refs)
+
+    @property
+    def has_reid(self) -> bool:
+        """A re-ID similarity exists: the crop re-ID network's, else the model's match embedding's."""
+        return self.reid is not None or self.match is not None
+
+    def embed_references(self, refs: torch.Tensor) -> None:
+        """uint8 (1, K, 3, Ss, Ss) -> the crop re-ID network's reference embeddings (nothing without one)."""
+        if self.reid is not None:
+            self.reid_refs = self.reid.references(refs.to(self.device).float() / 255.0)
+
+    def reid_similarity(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Frames (B, 3, S, S) uint8, candidates (B, C, 4) letterbox px -> (B, C) cosine with the references: the
+        crop re-ID network where the model has one, else its match embedding (``models/match.py``)."""
+        if self.reid is not None:
+            assert self.reid_refs is not None, "set_references before detect"
+            return self.reid.crop_similarity(x.float() / 255.0, boxes, self.reid_refs)
+        with self._autocast():
+            return self.match.crop_similarity(self.model.backbone, x.float() / 255.0, boxes, self.templates())
 
     @torch.inference_mode()
     def detect(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,9 +312,8 @@ class VideoPredictor:
             colour = candidate_colours(x, boxes, self.ref_hist, self.check.bins)
         t1 = time.perf_counter()
         reid = torch.zeros_like(scores)
-        if self.match is not None and (self.all_cues or self.check.reid_weight > 0):
-            with self._autocast():
-                reid = self.match.crop_similarity(self.model.backbone, x.float() / 255.0, boxes, self.templates())
+        if self.has_reid and (self.all_cues or self.check.reid_weight > 0):
+            reid = self.reid_similarity(x, boxes)
         out = tuple(t.float().cpu().numpy() for t in (scores, boxes, colour, reid))
         self.stage_s["candidates"] += t1 - t0
         self.stage_s["reid"] += time.perf_counter() - t1

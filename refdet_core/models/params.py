@@ -29,14 +29,16 @@ def _counts(module: nn.Module) -> dict[str, int]:
 
 
 def param_table(model: RefDet) -> pd.DataFrame:
-    """Rows support_encoder, backbone, fusion, head (match with ``ref_match``), total; columns total, trainable,
-    frozen, budget_share.
+    """Rows support_encoder, backbone, fusion, head (match with ``ref_match``, reid with ``crop_reid``), total;
+    columns total, trainable, frozen, budget_share.
 
     INT8-quantized encoder blocks hold packed weights that are not parameters and are not counted.
     """
     rows = {name: _counts(getattr(model, name)) for name in MODULES}
     if model.match is not None:  # ref_match's projections
         rows["match"] = _counts(model.match)
+    if getattr(model, "reid", None) is not None:  # crop_reid's network
+        rows["reid"] = _counts(model.reid)
     rows["total"] = _counts(model)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table["budget_share"] = table["total"] / BUDGET

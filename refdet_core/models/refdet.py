@@ -16,6 +16,7 @@ from refdet_core.models.backbone import YoloBackbone, load_ultralytics_state_dic
 from refdet_core.models.fusion import FUSION
 from refdet_core.models.head import HEAD_MODES, DualHead, HeadOutput
 from refdet_core.models.match import ReferenceMatch
+from refdet_core.models.reid import CropReid
 from refdet_core.models.support_encoder import ENCODERS, Prototypes, SupportEncoder
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ class RefDet(nn.Module):
         self.match = None
         if cfg.ref_match and cfg.head_mode != "standard":
             self.match = ReferenceMatch(in_channels=self.backbone.out_channels, dim=cfg.match_dim, size=cfg.match_size)
+        # the crop re-ID network: trained after the detector, on its proposals (train/reid.py); inference only
+        # scores the candidates with it, it takes no part in the detector's forward
+        self.reid = CropReid(size=cfg.crop_reid_size, width=cfg.crop_reid_width) if cfg.crop_reid else None
         self._cache: Prototypes | None = None
 
     def encode_support(self, support: torch.Tensor) -> Prototypes:

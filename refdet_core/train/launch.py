@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 HISTORY_WRITES = 200  # history.csv is rewritten about this many times over a run (at most every step)
 RESULT_FILES = ("history.csv", "epochs.csv", "train_result.json")
-META_KEYS = ("encoder_weights", "precision", "train_videos", "val_videos", "base_classes")  # from checkpoint/
+# from checkpoint/meta.json
+META_KEYS = ("encoder_weights", "precision", "train_videos", "val_videos", "base_classes", "crop_reid")
 
 
 class TrainingFailed(RuntimeError):

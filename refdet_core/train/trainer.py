@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from refdet_core.checkpoint import CheckpointError, load_weights, read_checkpoint, read_training_state
+from refdet_core.checkpoint import CheckpointError, load_weights, read_checkpoint, read_training_state, unwrap
 from refdet_core.config import RefDetConfig
 from refdet_core.io import atomic_write_text
 from refdet_core.train import checkpoint as ckpt
@@ -53,6 +53,7 @@ class TrainState:
     skipped: int = 0  # optimizer steps skipped for non-finite loss or gradient
     bad_in_row: int = 0
     bn_recalibrated: bool = False
+    reid_trained: bool = False  # the crop re-ID network's phase (after the last epoch) is done
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -302,6 +303,16 @@ class Trainer:
             self.recalibrate_bn(self.cfg.train.bn_recalibrate)
             if self.rank == 0 and self.out_dir is not None:
                 self.save(self.out_dir / "checkpoint")
+        reid = getattr(unwrap(self.model), "reid", None)
+        due = reid is not None and self.cfg.train.reid_steps > 0 and not self.state.reid_trained
+        if self.state.epoch == epochs and due:
+            from refdet_core.train.reid import fit_crop_reid
+
+            self.meta["crop_reid"] = fit_crop_reid(unwrap(self.model), self.cfg, self.meta.get("train_videos", []),
+                                                   rank=self.rank, world_size=self.world_size)  # fmt: skip
+            self.state.reid_trained = True
+            if self.rank == 0 and self.out_dir is not None:
+                self.save(self.out_dir / "checkpoint")
         return self.history_frame()
 
     @torch.no_grad()
@@ -345,6 +356,7 @@ class Trainer:
                 "step": self.state.step,
                 "skipped": self.state.skipped,
                 "bn_recalibrated": self.state.bn_recalibrated,
+                "reid_trained": self.state.reid_trained,
             },
             "history": self.state.history,
         }
@@ -376,6 +388,7 @@ class Trainer:
             skipped=t["skipped"],
             history=list(state["history"]),
             bn_recalibrated=t.get("bn_recalibrated", False),
+            reid_trained=t.get("reid_trained", False),
         )
         logger.info("resumed from %s at epoch %d, step %d", path, self.state.epoch, self.state.step)
 
