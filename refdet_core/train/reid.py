@@ -140,8 +140,18 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (out * gain).clamp(0, 1)
 
 
-def _batch(cs: CropSet, groups: dict[int, np.ndarray], videos: np.ndarray, rng: np.random.Generator, negatives: int):
-    """Per picked video: one of its frames with a target -> (crop rows, row of each video's target)."""
+def _batch(
+    cs: CropSet,
+    groups: dict[int, list[np.ndarray]],
+    others: dict[int, np.ndarray],
+    videos: np.ndarray,
+    rng: np.random.Generator,
+    negatives: int,
+    elsewhere: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per picked video: one of its frames with a target, its target crop, up to ``negatives`` of the frame's other
+    crops and ``elsewhere`` non-target crops of the video's other frames (those without a target too: what
+    decides presence) -> (crop rows, row of each video's target)."""
     rows, pos = [], []
     for v in videos:
         g = groups[int(v)]
@@ -151,6 +161,9 @@ def _batch(cs: CropSet, groups: dict[int, np.ndarray], videos: np.ndarray, rng: 
         pos.append(len(rows))
         rows.append(int(tgt[int(rng.integers(len(tgt)))]))
         rows += [int(r) for r in rng.permutation(neg)[:negatives]]
+        far = np.setdiff1d(others[int(v)], members, assume_unique=True)
+        if elsewhere and len(far):
+            rows += [int(r) for r in rng.choice(far, size=min(elsewhere, len(far)), replace=False)]
     return np.asarray(rows), np.asarray(pos)
 
 
@@ -173,6 +186,7 @@ def train_reid(
     steps: int,
     videos_per_step: int = 16,
     negatives: int = 4,
+    elsewhere: int = 3,
     lr: float = 3e-3,
     temperature: float = 0.1,
     seed: int = 0,
@@ -180,11 +194,13 @@ def train_reid(
 ) -> list[float]:
     """Train ``net`` on ``cs`` for ``steps`` AdamW steps (cosine schedule) -> the loss per step.
 
-    A step takes ``videos_per_step`` videos, one frame with a target each: its target crop and up to ``negatives``
-    of its look-alikes, and the video's references. Loss: for each reference set, cross-entropy of its target among
+    A step takes ``videos_per_step`` videos, one frame with a target each: its target crop, up to ``negatives``
+    of its look-alikes, ``elsewhere`` proposals of the video's other frames, and the video's references. Loss: for each reference set, cross-entropy of its target among
     all crops of the step; for each target crop, cross-entropy of its reference set among the step's sets.
     """
     groups = _groups(cs)
+    video, target = cs.video.numpy(), cs.target.numpy()
+    others = {v: np.flatnonzero((video == v) & ~target) for v in groups}
     keys = np.asarray(sorted(groups))
     if len(keys) < 2:
         raise ValueError(f"the re-ID needs frames with a target in at least 2 videos, got {len(keys)}")
@@ -196,7 +212,7 @@ def train_reid(
     losses = []
     for _ in tqdm(range(steps), desc="re-ID", unit="step", disable=not progress):
         videos = rng.choice(keys, size=min(videos_per_step, len(keys)), replace=False)
-        rows, pos = _batch(cs, groups, videos, rng, negatives)
+        rows, pos = _batch(cs, groups, others, videos, rng, negatives, elsewhere)
         refs = cs.references[torch.as_tensor(videos)]  # (P, K, 3, S, S)
         p, k = refs.shape[:2]
         refs = _augment(net.resize(refs.flatten(0, 1).float()).round().to(torch.uint8), gen)
