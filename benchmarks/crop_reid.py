@@ -62,7 +62,6 @@ def main() -> None:
     cache = Path(args.cache) if args.cache else None
     with tempfile.TemporaryDirectory(prefix="refdet-reid-") as work:
         predictor = load_backends(Path(args.ckpt), ["torch"], work=Path(work))["torch"]
-        predictor.all_cues = True
         t0 = time.perf_counter()
         tr = mined(predictor, layout, train, size=args.size, every=args.every, with_gt=True, negatives=6,
                    path=cache / f"train_every{args.every}_s{args.size}.pt" if cache else None)  # fmt: skip

@@ -30,6 +30,28 @@ REID_NEGATIVE_IOU = 0.3  # a predicted box is a negative when it overlaps every 
 REID_POOL = 64  # highest-scoring anchors per frame that the negatives are picked from (after NMS at 0.5)
 
 
+def square_boxes(boxes: torch.Tensor, context: float = CROP_CONTEXT) -> torch.Tensor:
+    """(C, 4) xyxy -> (C, 4) squares of ``context`` times each box's long side around its centre (>= 4 px)."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * context / 2
+    return torch.cat([centre - half, centre + half], dim=-1).float()
+
+
+def crop_squares(frames: torch.Tensor, boxes: list[torch.Tensor], size: int) -> torch.Tensor:
+    """frames (B, 3, H, W) float; boxes B tensors (C_i, 4) xyxy px -> (sum C_i, 3, size, size): a square crop of
+    ``CROP_CONTEXT`` times each box's long side around its centre."""
+    return roi_align(frames.float(), [square_boxes(b) for b in boxes], output_size=size, aligned=True)
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size): box-averaged when S is a multiple of ``size``, else
+    bilinear (both export to ONNX; antialiased bilinear does not)."""
+    side = int(images.shape[-1])
+    if side % size == 0:
+        return F.avg_pool2d(images, side // size) if side != size else images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def centre_weights(h: int, w: int, device: torch.device) -> torch.Tensor:
     """(h, w) Gaussian weights around the image centre, summing to 1."""
     ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h - 0.5
@@ -64,12 +86,8 @@ class ReferenceMatch(nn.Module):
         return out
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size): box-averaged when S is a multiple of ``size``, else
-        bilinear (both export to ONNX; antialiased bilinear does not)."""
-        side = int(images.shape[-1])
-        if side % self.size == 0:
-            return F.avg_pool2d(images, side // self.size) if side != self.size else images
-        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        """(M, 3, S, S) float in [0, 1] -> (M, 3, size, size) (``resize_square``)."""
+        return resize_square(images, self.size)
 
     def templates(self, backbone: nn.Module, support: torch.Tensor) -> list[torch.Tensor]:
         """support (N, K, 3, S, S) float in [0, 1] -> per scale (N, K, D) unit vectors (gradients reach the
@@ -94,13 +112,7 @@ class ReferenceMatch(nn.Module):
     ) -> list[torch.Tensor]:
         """frames (B, 3, S, S) float in [0, 1]; boxes B tensors (C_i, 4) xyxy px -> per scale (sum C_i, D): a square
         crop of ``CROP_CONTEXT`` times each box's long side around its centre, resized to ``size``."""
-        square = []
-        for b in boxes:
-            centre = (b[:, :2] + b[:, 2:]) / 2
-            half = (b[:, 2:] - b[:, :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * CROP_CONTEXT / 2
-            square.append(torch.cat([centre - half, centre + half], dim=-1).float())
-        crops = roi_align(frames.float(), square, output_size=self.size, aligned=True)  # (sum C_i, 3, s, s)
-        return self.embed(backbone(crops))
+        return self.embed(backbone(crop_squares(frames, boxes, self.size)))
 
     @staticmethod
     def similarity(embedded: list[torch.Tensor], templates: list[torch.Tensor]) -> torch.Tensor:

@@ -14,21 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import roi_align
 
-CROP_CONTEXT = 1.8  # a crop spans this many times the box's long side (references: the object fills 40-70 %)
+from refdet_core.models.match import CROP_CONTEXT, crop_squares, resize_square, square_boxes
 
-
-def square_boxes(boxes: torch.Tensor, context: float = CROP_CONTEXT) -> torch.Tensor:
-    """(C, 4) xyxy -> (C, 4) squares of ``context`` times each box's long side around its centre (>= 4 px)."""
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]).amax(dim=-1, keepdim=True).clamp_min(4.0) * context / 2
-    return torch.cat([centre - half, centre + half], dim=-1).float()
-
-
-def crop_squares(frames: torch.Tensor, boxes: list[torch.Tensor], size: int) -> torch.Tensor:
-    """frames (B, 3, H, W) float; boxes B tensors (C_i, 4) xyxy px -> (sum C_i, 3, size, size) square crops."""
-    return roi_align(frames.float(), [square_boxes(b) for b in boxes], output_size=size, aligned=True)
+__all__ = ["CROP_CONTEXT", "CropReid", "crop_squares", "square_boxes"]
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -62,11 +51,8 @@ class CropReid(nn.Module):
         return F.normalize(self.embed(pooled), dim=1)
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """(M, 3, S, S) -> (M, 3, size, size): box-averaged when S is a multiple of ``size``, else bilinear."""
-        side = int(images.shape[-1])
-        if side % self.size == 0:
-            return F.avg_pool2d(images.float(), side // self.size) if side != self.size else images.float()
-        return F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear", align_corners=False)
+        """(M, 3, S, S) -> (M, 3, size, size) float (``match.resize_square``)."""
+        return resize_square(images.float(), self.size)
 
     def references(self, support: torch.Tensor) -> torch.Tensor:
         """support (N, K, 3, S, S) float in [0, 1] -> (N, K, dim)."""

@@ -167,13 +167,17 @@ def _batch(
     return np.asarray(rows), np.asarray(pos)
 
 
+def _frames(cs: CropSet) -> list[np.ndarray]:
+    """The crop rows of each frame (``group``), frame by frame."""
+    group = cs.group.numpy()
+    order = np.argsort(group, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(group[order])) + 1)
+
+
 def _groups(cs: CropSet) -> dict[int, list[np.ndarray]]:
     """video row -> its frames with a target, each an array of crop rows."""
     out: dict[int, list[np.ndarray]] = {}
-    group = cs.group.numpy()
-    order = np.argsort(group, kind="stable")
-    bounds = np.flatnonzero(np.diff(group[order])) + 1
-    for members in np.split(order, bounds):
+    for members in _frames(cs):
         if cs.target[members].any():
             out.setdefault(int(cs.video[members[0]]), []).append(members)
     return out
@@ -195,8 +199,9 @@ def train_reid(
     """Train ``net`` on ``cs`` for ``steps`` AdamW steps (cosine schedule) -> the loss per step.
 
     A step takes ``videos_per_step`` videos, one frame with a target each: its target crop, up to ``negatives``
-    of its look-alikes, ``elsewhere`` proposals of the video's other frames, and the video's references. Loss: for each reference set, cross-entropy of its target among
-    all crops of the step; for each target crop, cross-entropy of its reference set among the step's sets.
+    of its look-alikes, ``elsewhere`` proposals of the video's other frames, and the video's references. Loss:
+    for each reference set, cross-entropy of its target among all crops of the step; for each target crop,
+    cross-entropy of its reference set among the step's sets.
     """
     groups = _groups(cs)
     video, target = cs.video.numpy(), cs.target.numpy()
@@ -245,10 +250,8 @@ def crop_similarities(net: CropReid, cs: CropSet, reference_rows: np.ndarray | N
 def rank_share(cs: CropSet, value: torch.Tensor) -> Mapping[str, float]:
     """Over frames with a proposal on the target: the share whose best proposal by ``value`` is on it."""
     first, frames = 0, 0
-    group = cs.group.numpy()
     keep = cs.proposal.numpy()
-    order = np.argsort(group, kind="stable")
-    for members in np.split(order, np.flatnonzero(np.diff(group[order])) + 1):
+    for members in _frames(cs):
         members = members[keep[members]]
         if not len(members) or not cs.target[members].any():
             continue
