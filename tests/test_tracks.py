@@ -137,8 +137,36 @@ def test_choose_picks_the_reid_weight_that_wins_on_the_tuning_videos() -> None:
     assert chosen["full"].selection.tracks
 
 
+def _narrow_band(vid: str, level: float) -> tuple[VideoResult, dict]:
+    """A video whose target (frames 10..19) scores ``level`` and whose look-alike, there in every frame, scores
+    ``level - 0.1``: the order holds in every video, the level does not."""
+    n = 30
+    boxes = np.tile(np.array([[10, 10, 20, 20], [60, 60, 70, 70]], np.float32), (n, 1, 1))
+    scores = np.tile(np.array([0.0, level - 0.1], np.float32), (n, 1))
+    scores[10:20, 0] = level
+    valid = np.ones((n, 2), bool)
+    valid[:10, 0] = valid[20:, 0] = False  # the target is out of view there
+    cands = Candidates(scores, boxes, valid, np.zeros_like(scores), np.zeros_like(scores))
+    res = VideoResult(vid, np.arange(n), np.zeros(0), np.zeros(0), np.zeros(0), 100, 100, 1.0, candidates=cands)
+    return res, {f: [(10.0, 10.0, 20.0, 20.0)] for f in range(10, 20)}
+
+
+def test_relative_scores_are_margins_below_the_videos_best() -> None:
+    (a, gt_a), (b, gt_b) = _narrow_band("a", 0.9), _narrow_band("b", 0.6)
+    scores, _, valid = a.candidates.select(Selection(relative=True))
+    np.testing.assert_allclose(scores[valid], np.where(np.arange(30) // 10 == 1, 1.0, 0.9)[valid], rtol=1e-6)
+    assert a.candidates.select(Selection(relative=True, tracks=True))[0].max() == pytest.approx(1.0)
+    # one absolute threshold cannot keep b's target and drop a's look-alike (0.8 > 0.6); a relative one can
+    chosen = choose({"a": a, "b": b}, {"a": gt_a, "b": gt_b}, base=Selection(), post=PostprocessConfig(),
+                    has_reid=False, arms=["detector_only"])  # fmt: skip
+    best = chosen["detector_only"]
+    assert best.selection.relative and best.tune_st_iou == pytest.approx(1.0)
+    assert 0.9 < best.post.leave <= best.post.enter <= 1.0  # leave above the look-alike's 0.9, not enter * 0.6
+
+
 def test_arm_grid_and_fixed_choice_without_reid() -> None:
-    assert all(s.reid_weight == 0.0 for s in arm_grid("full", Selection(), has_reid=False))
+    grid = arm_grid("full", Selection(), has_reid=False)
+    assert all(s.reid_weight == 0.0 for s in grid) and {s.relative for s in grid} == {False, True}
     fixed = fixed_choice(Selection(colour=True), PostprocessConfig(), has_reid=False)
     assert not any(c.selection.colour for c in fixed.values()) and fixed["full"].selection.tracks
     with pytest.raises(ValueError, match="unknown arm"):

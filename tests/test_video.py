@@ -249,6 +249,17 @@ def test_tune_enter_finds_the_separating_threshold() -> None:
     assert sorted(res.track) == list(range(10, 20))
 
 
+def test_tune_enter_refines_enter_and_chooses_leave_in_a_narrow_band() -> None:
+    scores = [0.8] * 10 + [0.87] * 10 + [0.8] * 10  # a similarity: the look-alike's frames score 0.8 too
+    gt = {"v": {f: [(10.0, 10.0, 30.0, 30.0)] for f in range(10, 20)}}
+    post = PostprocessConfig(use_smoothing=False)
+    tuned, table = tune_enter({"v": _result(scores)}, gt, post=post)
+    assert 0.8 < tuned.leave <= tuned.enter <= 0.87 and table[tuned.enter] == pytest.approx(1.0)
+    assert sorted(_result(scores).retrack(tuned).track) == list(range(10, 20))
+    coarse, _ = tune_enter({"v": _result(scores)}, gt, post=post, leave_ratios=(0.6,), refine=0)
+    assert len(_result(scores).retrack(coarse).track) == 30  # leave = 0.6 enter keeps the look-alike's frames
+
+
 def test_layout_ground_truth_matches_boxes(demo_root: Path) -> None:
     layout = read_layout(demo_root)
     vid = next(v for v in layout.labelled_ids if layout.videos[v].annotated_frames)

@@ -10,8 +10,12 @@ references' (``models/match.py``, ``ReferenceMatch.crop_similarity``; 0 for a mo
     ranked = (1 - model_weight) * colour ** power + model_weight * ranked      (only with ``colour`` on)
 
 and picks one box per frame: the best ranked, or, with ``tracks`` on, the candidate of the best track alive in
-the frame (``eval/tracks.py``). Every weight is chosen on training videos (notebook 06); the colour rule has no
-learnt part, is blind to shape and is off unless chosen there.
+the frame (``eval/tracks.py``). With ``relative`` on, the picked scores become margins below the video's best,
+``1 - (best - score)``: a similarity's level differs from video to video (light, kind, how many look-alikes stand
+about), its order within one video much less, so a threshold then keeps what comes close to the video's best
+candidate. It assumes the target shows somewhere in the video: the best frame always passes. Every weight is
+chosen on tuning videos (notebook 06); the colour rule has no learnt part, is blind to shape and is off unless
+chosen there.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Selection:
     model_weight: float = 0.25  # share of the detector's (and re-ID's) ranking in the colour rule
     reid_weight: float = 0.0  # share of the re-identification similarity in the ranking
     tracks: bool = False  # pick per track (eval/tracks.py), not per frame
+    relative: bool = False  # scores as margins below the video's best (the module docstring)
 
     def __post_init__(self) -> None:
         if self.candidates < 1 or self.bins < 2 or self.power <= 0 or not 0.0 <= self.model_weight <= 1.0:
@@ -84,14 +89,18 @@ class Candidates:
 
         ``frames`` (T,) the frame index of each row, where rows are key frames only (tracks count frames)."""
         if check.tracks:
-            cfg = TrackConfig(enabled=True)
-            return select_by_track(self.boxes, self.combined(check), self.valid, cfg, frames)
-        ranked = np.where(self.valid, self.combined(check), -np.inf)
-        idx = ranked.argmax(axis=1)
-        rows = np.arange(len(idx))
-        valid = self.valid[rows, idx]
-        scores = np.where(valid, ranked[rows, idx], 0.0).astype(np.float32)
-        return scores, self.boxes[rows, idx], valid
+            scores, boxes, valid = select_by_track(
+                self.boxes, self.combined(check), self.valid, TrackConfig(enabled=True), frames
+            )
+        else:
+            ranked = np.where(self.valid, self.combined(check), -np.inf)
+            idx = ranked.argmax(axis=1)
+            rows = np.arange(len(idx))
+            valid = self.valid[rows, idx]
+            scores, boxes = np.where(valid, ranked[rows, idx], 0.0), self.boxes[rows, idx]
+        if check.relative and valid.any():
+            scores = np.where(valid, 1.0 - (scores[valid].max() - scores), 0.0)
+        return scores.astype(np.float32), boxes, valid
 
 
 def top_candidates(

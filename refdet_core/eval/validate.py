@@ -7,9 +7,10 @@ Arms, all from one inference pass per video (``VideoResult.candidates`` keeps ev
 - ``tracks``: the detector's score, decided per track (``eval/tracks.py``);
 - ``full``: re-ID and tracks, and the colour rule where it wins on the tuning videos.
 
-``choose`` picks, per arm, the weights and the ``enter`` threshold with the best mean ST-IoU on the *tuning*
-videos (``splits.json``'s ``"tune"``: instances neither trained nor validated on; the training videos when
-there are none, which favours the detector, as it has seen their instances). ``reference_swap`` scores the
+``choose`` picks, per arm, the weights, absolute or relative scores and the ``enter`` and ``leave`` thresholds
+with the best mean ST-IoU on the *tuning* videos (``splits.json``'s ``"tune"``: instances neither trained nor
+validated on; the training videos when there are none, which favours the detector, as it has seen their
+instances). ``reference_swap`` scores the
 same videos with another video's references: a detector that reads its references must fall far below.
 """
 
@@ -42,18 +43,21 @@ class Choice:
 
 
 def arm_grid(arm: str, base: Selection, has_reid: bool) -> list[Selection]:
-    """The settings tried for ``arm`` (``base`` gives candidates / NMS / colour bins)."""
-    det = replace(base, colour=False, reid_weight=0.0, tracks=False)
+    """The settings tried for ``arm`` (``base`` gives candidates / NMS / colour bins); each arm tries its
+    scores as they are and relative to the video's best (``Selection.relative``)."""
+    det = replace(base, colour=False, reid_weight=0.0, tracks=False, relative=False)
     weights = REID_WEIGHTS if has_reid else (0.0,)
     if arm == "detector_only":
-        return [det]
-    if arm == "reid":
-        return [replace(det, reid_weight=w) for w in weights]
-    if arm == "tracks":
-        return [replace(det, tracks=True)]
-    if arm == "full":
-        return [replace(det, reid_weight=w, tracks=True, colour=c) for w in weights for c in (False, True)]
-    raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+        grid = [det]
+    elif arm == "reid":
+        grid = [replace(det, reid_weight=w) for w in weights]
+    elif arm == "tracks":
+        grid = [replace(det, tracks=True)]
+    elif arm == "full":
+        grid = [replace(det, reid_weight=w, tracks=True, colour=c) for w in weights for c in (False, True)]
+    else:
+        raise ValueError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+    return [replace(sel, relative=r) for sel in grid for r in (False, True)]
 
 
 def choose(
@@ -65,8 +69,8 @@ def choose(
     has_reid: bool,
     arms: Sequence[str] = ARMS,
 ) -> dict[str, Choice]:
-    """Per arm, the setting of ``arm_grid`` and the ``enter`` with the best mean ST-IoU on ``tune_results``
-    (ties: the first setting of the grid, the lower ``enter``)."""
+    """Per arm, the setting of ``arm_grid`` and the ``enter``/``leave`` with the best mean ST-IoU on
+    ``tune_results`` (ties: the first setting of the grid, the lower ``enter``)."""
     chosen = {}
     for arm in arms:
         best = None
@@ -86,7 +90,7 @@ FIXED_REID_WEIGHT = 0.5  # the re-ID share when settings are not chosen
 def fixed_choice(base: Selection, post: PostprocessConfig, has_reid: bool) -> dict[str, Choice]:
     """Every arm with ``post`` as given and, where it applies, ``FIXED_REID_WEIGHT`` (nothing is tuned)."""
     w = FIXED_REID_WEIGHT if has_reid else 0.0
-    det = replace(base, colour=False, reid_weight=0.0, tracks=False)
+    det = replace(base, colour=False, reid_weight=0.0, tracks=False, relative=False)
     sel = {"detector_only": det, "reid": replace(det, reid_weight=w), "tracks": replace(det, tracks=True)}
     sel["full"] = replace(det, reid_weight=w, tracks=True)
     return {arm: Choice(s, post, float("nan")) for arm, s in sel.items()}

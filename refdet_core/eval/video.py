@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 MIN_BOX_PX = 1.0  # a clipped box thinner than this (native px) is no detection
 PREFETCH = 2  # batches decoded ahead by the reader thread
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.96, 0.05), 2).tolist())  # enter candidates of tune_enter
+REFINE = 0.01  # tune_enter's second pass: enter in steps of this around the first pass's best
+LEAVE_RATIOS = (0.6, 0.8, 0.9, 1.0)  # leave = enter * ratio; 1.0 = a plain threshold
 
 
 @dataclass
@@ -542,22 +544,43 @@ def tune_enter(
     *,
     post: PostprocessConfig,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    leave_ratio: float = 0.6,
+    leave_ratios: Sequence[float] = LEAVE_RATIOS,
+    refine: float = REFINE,
 ) -> tuple[PostprocessConfig, dict[float, float]]:
-    """The ``enter`` threshold (leave = enter * leave_ratio) with the best mean ST-IoU over ``results``' videos.
+    """The ``enter`` threshold and ``leave`` (= enter * one of ``leave_ratios``) with the best mean ST-IoU over
+    ``results``' videos.
 
-    Needs no new inference: the stored per-frame detections are post-processed again. Ties go to the lower
-    threshold. Returns (post with enter/leave set, {enter: mean ST-IoU}).
+    Needs no new inference: the stored per-frame detections are post-processed again. ``thresholds`` are tried
+    first, then ``enter`` in steps of ``refine`` between the best one's neighbours (0: no second pass); similarity
+    scores crowd into a narrow band, where a step of 0.05 and a leave far below enter keep every frame. Ties go to
+    the lower threshold, then the lower ratio. Returns (post with enter/leave set, {enter: best mean ST-IoU over
+    the ratios}).
     """
     assert results, "tune_enter needs at least one video"
     sub_gt = {vid: gt.get(vid, {}) for vid in results}
-    table = {}
-    for enter in thresholds:
-        cand = replace(post, enter=float(enter), leave=float(enter) * leave_ratio)
-        table[float(enter)] = st_iou(sub_gt, tracks(retrack_all(results, cand)))["mean_st_iou"]
-    best = max(table, key=lambda t: (table[t], -t))
-    log.info("tune_enter: enter %.2f, mean ST-IoU %.4f on %d videos", best, table[best], len(results))
-    return replace(post, enter=best, leave=best * leave_ratio), table
+    scored: dict[tuple[float, float], float] = {}
+
+    def score(enters: Sequence[float]) -> tuple[float, float]:
+        for enter in enters:
+            for ratio in leave_ratios:
+                if (enter, ratio) not in scored:
+                    cand = replace(post, enter=enter, leave=enter * ratio)
+                    scored[enter, ratio] = st_iou(sub_gt, tracks(retrack_all(results, cand)))["mean_st_iou"]
+        return max(scored, key=lambda k: (scored[k], -k[0], -k[1]))
+
+    coarse = sorted(float(t) for t in thresholds)
+    enter, _ = score(coarse)
+    if refine > 0:
+        i = coarse.index(enter)
+        lo, hi = coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)]
+        score([round(float(t), 4) for t in np.arange(lo, hi + refine / 2, refine)])
+    best = score([])
+    table: dict[float, float] = {}
+    for (e, _), v in sorted(scored.items()):
+        table[e] = max(table.get(e, -1.0), v)
+    log.info("tune_enter: enter %.2f leave %.2f, mean ST-IoU %.4f on %d videos", best[0], best[0] * best[1],
+             scored[best], len(results))  # fmt: skip
+    return replace(post, enter=best[0], leave=best[0] * best[1]), table
 
 
 def validation_split(layout, data_cfg, meta: Mapping) -> tuple[list[str], list[str]]:
