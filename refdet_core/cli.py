@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--enter",
         type=float,
         default=None,
-        help="score that starts an interval (default: the saved one); leave keeps its ratio",
+        help="score that starts an interval (default: the saved one; where 06 chose relative scores, "
+        "1 - the margin below the video's best); leave keeps its ratio",
     )
     c.add_argument("--no-colour-check", action="store_true", help="pick each frame's box by the detector's score alone")
     c.add_argument(
