@@ -31,6 +31,7 @@ class DataConfig:
     val_videos: tuple[str, ...] = ()  # explicit validation videos; empty = splits.json in root, else val_fraction
     val_fraction: float = 0.2  # share of videos held out for validation when no split is given
     split_seed: int = 42  # seed of the by-video split
+    max_train_videos: int = 0  # training videos used: 0 = all, N = the split's first N (speed benches, quick runs)
     img_size: int = 640  # whole-frame letterbox size (square): frame store, seek reader, inference, export
     train_window: int = 0  # training queries: 0 = whole frames at img_size; N = N x N windows cut from them
     support_size: int = 256  # reference image size (square)
@@ -259,6 +260,7 @@ POSITIVE = (
     "reid_every",
 )
 NON_NEGATIVE = (
+    "max_train_videos",
     "reid_steps",
     "lr",
     "weight_decay",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from refdet_core.config import DataConfig
+from refdet_core.config import ConfigError, DataConfig, config_from_dict
 from refdet_core.data.layout import LayoutError, check_layout, read_layout
 
 VIDEO_KEYS = {"frames", "fps", "width", "height", "annotated_frames", "boxes", "references"}
@@ -156,6 +156,15 @@ def test_split_explicit_val_videos(demo_root: Path) -> None:
     assert val == ["Laptop_0"] and "Laptop_0" not in train and len(train) == 3
     with pytest.raises(LayoutError, match="unknown video id 'Nope_0'"):
         layout.split(DataConfig(val_videos=("Nope_0",)))
+
+
+def test_max_train_videos_keeps_the_splits_first_training_videos(demo_root: Path) -> None:
+    layout = read_layout(demo_root, probe_video=False)
+    train, val = layout.split(DataConfig())
+    assert layout.split(DataConfig(max_train_videos=2)) == (train[:2], val)
+    assert layout.split(DataConfig(max_train_videos=len(train) + 5)) == (train, val)
+    with pytest.raises(ConfigError, match="key 'max_train_videos' must be >= 0"):
+        config_from_dict({"max_train_videos": -1}, source="p.yaml")
 
 
 def test_split_seeded_fraction(demo_copy: Path) -> None:

@@ -84,7 +84,12 @@ class Layout:
         return sorted(v for v, rec in self.videos.items() if rec.labelled)
 
     def split(self, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
-        """Split the labelled videos by video: ``val_videos``, else ``<root>/splits.json``, else seeded."""
+        """Split the labelled videos by video: ``val_videos``, else ``<root>/splits.json``, else seeded; the
+        training side cut to its first ``max_train_videos`` where that is set."""
+        train, val = self._split(data_cfg)
+        return (train[: data_cfg.max_train_videos] if data_cfg.max_train_videos else train), val
+
+    def _split(self, data_cfg: DataConfig) -> tuple[list[str], list[str]]:
         ids = self.labelled_ids
         if not ids:
             raise LayoutError(f"{self.root / ANNOTATIONS}: no labelled videos to split (a test layout)")
