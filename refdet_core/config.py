@@ -43,6 +43,7 @@ class DataConfig:
     augment: bool = True  # random augmentation on training episodes (never on validation)
 
     joint_colour: bool = True  # one RGB channel permutation per video and episode on its references AND frames
+    paste_share: float = 0.0  # training queries given another episode video's target, labelled as that video's
     store_dir: str = ""  # frame store folder; empty = <root>/.frame_store_<img_size>
     store_bg_share: float = 0.25  # background frames kept in the store, as a share of all background frames
     store_format: str = "npy"  # "npy" (memory-mapped uint8) or "jpeg"
@@ -280,7 +281,7 @@ NON_NEGATIVE = (
     "w_triplet",
     "w_reid",
 )
-UNIT_INTERVAL = ("val_fraction", "bg_share", "store_bg_share", "min_lr_ratio")
+UNIT_INTERVAL = ("val_fraction", "bg_share", "paste_share", "store_bg_share", "min_lr_ratio")
 
 
 def _check_ranges(flat: dict[str, Any], source: str) -> None:

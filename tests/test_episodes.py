@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,3 +310,66 @@ def test_num_aug_variants_all_come_up_in_one_epoch(layout, store, ids, num_aug):
     seen = {(s.videos[c], f, v) for s in specs for c, f, v in zip(s.query_class, s.query_frame, s.query_variant)}
     wanted = {(vid, f, v) for vid in ids for f in pools[vid][0] for v in range(num_aug)}
     assert wanted <= seen, f"{len(wanted - seen)} of {len(wanted)} (frame, variant) pairs never drawn"
+
+
+def test_paste_object_copies_the_box_and_fades_its_margin():
+    import numpy as np
+
+    from refdet_core.data.augment import paste_object
+
+    img = torch.zeros((3, 64, 64), dtype=torch.uint8)
+    donor = torch.full((3, 80, 80), 200, dtype=torch.uint8)
+    boxes, labels = torch.tensor([[0.0, 0.0, 20.0, 20.0]]), torch.tensor([[0, 3]])
+    box = torch.tensor([40.0, 40.0, 56.0, 52.0])
+    for seed in range(10):
+        out, bx, lab = paste_object(img, boxes, labels, donor, box, torch.tensor([1, 5]), np.random.default_rng(seed))
+        assert lab.tolist() == [[0, 3], [1, 5]] and bx.shape == (2, 4)
+        x1, y1, x2, y2 = (int(v) for v in bx[1])
+        assert (x2 - x1, y2 - y1) == (16, 12)  # the donor box, moved
+        assert bool((out[:, y1:y2, x1:x2] == 200).all())  # copied as it is inside the box
+        assert int(out[:, :20, :20].max()) == 0  # the host's box is left clear
+        assert x1 >= 20 or y1 >= 20
+        ring = out[0, max(y1 - 3, 0) : y2 + 3, max(x1 - 3, 0) : x2 + 3]
+        assert bool(((ring > 0) & (ring < 200)).any())  # the margin fades into the host
+        assert int(out.sum()) < 200 * 3 * (16 + 8) * (12 + 8)  # nothing beyond the grown patch
+    full = torch.tensor([[0.0, 0.0, 64.0, 64.0]])  # no room anywhere: unchanged
+    same = paste_object(img, full, labels, donor, box, torch.tensor([1, 5]), np.random.default_rng(0))
+    assert same[0] is img and len(same[1]) == 1
+
+
+def test_paste_share_shows_another_episode_videos_target_with_its_label(layout, store, ids):
+    from refdet_core.data.augment import QueryAugConfig
+
+    still = QueryAugConfig(hflip=0, vflip=0, affine=0, color=0, blur=0, noise=0)
+    cfg = _cfg(paste_share=1.0, joint_colour=False, bg_share=0.0)
+    ds = EpisodeDataset(layout, store, ids, cfg.data, train=True, base_classes=[], query_aug=still)
+    plain = EpisodeDataset(layout, store, ids, _cfg(joint_colour=False).data, train=True, base_classes=[])
+    pasted = 0
+    for spec in make_sampler(layout, store, ids, cfg, train=True):
+        b = ds[spec]
+        assert all(bool((lab == b.class_ids[i]).all()) for i, lab in enumerate(plain[spec].labels))
+        for i, (bx, lab) in enumerate(zip(b.boxes, b.labels)):
+            others = (lab != b.class_ids[i]).nonzero().flatten().tolist()
+            assert len(others) <= 1 and all(k == len(lab) - 1 for k in others)  # pasted last, one at most
+            for k in others:
+                vid = b.support_video_ids[int(lab[k])]
+                x1, y1, x2, y2 = bx[k].tolist()
+                inside = b.query[i, :, int(np.ceil(y1)) : int(np.floor(y2)), int(np.ceil(x1)) : int(np.floor(x2))]
+                found = False
+                for f in layout.videos[vid].annotated_frames:
+                    frame = torch.from_numpy(store.get(vid, f)[0]).permute(2, 0, 1)
+                    dx1, dy1, _, _ = _letterbox_box(store, layout, vid, f).tolist()
+                    sx, sy = int(np.ceil(dx1)), int(np.ceil(dy1))
+                    if round(dx1 - x1, 3) % 1 or round(dy1 - y1, 3) % 1:
+                        continue
+                    crop = frame[:, sy : sy + inside.shape[1], sx : sx + inside.shape[2]]
+                    found |= crop.shape == inside.shape and bool((crop == inside).all())
+                assert found, f"query {i}: the pasted box is no target crop of {vid}"
+                pasted += 1
+    assert pasted >= 3  # most queries get one where there is room
+
+
+def _letterbox_box(store, layout, vid, frame):
+    lb = store.letterbox(vid)
+    native = torch.from_numpy(layout.videos[vid].boxes_by_frame[frame][0])
+    return native * lb.scale + torch.tensor([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y])

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -210,6 +211,63 @@ def mosaic4(
         all_boxes.append(kept + cell)
         all_labels.append(labels[keep])
     return out, torch.cat(all_boxes).reshape(-1, 4), torch.cat(all_labels)
+
+
+def paste_object(
+    img: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    donor: torch.Tensor,
+    box: torch.Tensor,
+    label: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    margin: float = 0.25,
+    tries: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paste the object at ``box`` of ``donor`` into ``img`` at a random place clear of ``boxes``.
+
+    The patch is the box grown by ``margin`` of its longer side; the box itself is copied as it is and the
+    margin fades linearly into ``img``, so no hard patch edge shows. ``img`` is returned unchanged when the patch
+    does not fit or no place among ``tries`` random ones keeps clear of every box.
+
+    Args:
+        img: (3, H, W) uint8. boxes: (n, 4) xyxy px. labels: (n, ...) per-box payload.
+        donor: (3, H', W') uint8 the object comes from; box: (4,) its xyxy px there; label: its payload.
+        rng: the draw of the place.
+    Returns:
+        ``(img, boxes, labels)`` with the pasted box (and ``label``) last when it was pasted.
+    """
+    _, h, w = img.shape
+    x1, y1, x2, y2 = (float(v) for v in box)
+    m = margin * max(x2 - x1, y2 - y1)
+    dh, dw = donor.shape[-2:]
+    px1, py1 = max(int(np.floor(x1 - m)), 0), max(int(np.floor(y1 - m)), 0)
+    px2, py2 = min(int(np.ceil(x2 + m)), dw), min(int(np.ceil(y2 + m)), dh)
+    pw, ph = px2 - px1, py2 - py1
+    if x2 - x1 < 1 or y2 - y1 < 1 or pw >= w or ph >= h:
+        return img, boxes, labels
+    for _ in range(tries):
+        ox, oy = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
+        clear = all(
+            float(b[0]) >= ox + pw or float(b[2]) <= ox or float(b[1]) >= oy + ph or float(b[3]) <= oy for b in boxes
+        )
+        if clear:
+            break
+    else:
+        return img, boxes, labels
+    xs = torch.arange(px1, px2, dtype=torch.float32) + 0.5
+    ys = torch.arange(py1, py2, dtype=torch.float32) + 0.5
+    dx = (x1 - xs).clamp_min(0) + (xs - x2).clamp_min(0)
+    dy = (y1 - ys).clamp_min(0) + (ys - y2).clamp_min(0)
+    dist = torch.maximum(dx[None, :], dy[:, None])
+    alpha = (1 - dist / max(m, 1e-6)).clamp(0, 1)
+    out = img.clone()
+    region = out[:, oy : oy + ph, ox : ox + pw].float()
+    patch = donor[:, py1:py2, px1:px2].float()
+    out[:, oy : oy + ph, ox : ox + pw] = (alpha * patch + (1 - alpha) * region).round().clamp(0, 255).to(img.dtype)
+    pasted = torch.tensor([[x1 - px1 + ox, y1 - py1 + oy, x2 - px1 + ox, y2 - py1 + oy]], dtype=boxes.dtype)
+    return out, torch.cat([boxes.reshape(-1, 4), pasted]), torch.cat([labels, label[None]])
 
 
 def support_steps(cfg: SupportAugConfig, size: int) -> list[tuple[float, Step]]:

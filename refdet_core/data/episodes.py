@@ -21,7 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from refdet_core.config import RefDetConfig
-from refdet_core.data.augment import QueryAugConfig, SupportAugConfig, augment_query, augment_support, mix_seed
+from refdet_core.data.augment import (
+    QueryAugConfig,
+    SupportAugConfig,
+    augment_query,
+    augment_support,
+    mix_seed,
+    paste_object,
+)
 from refdet_core.data.frames import FrameSource, SeekReader, letterbox, read_image_rgb
 from refdet_core.data.sampler import EpisodeSampler, EpisodeSpec, frame_pools
 from refdet_core.data.store import store_from_config
@@ -217,6 +224,26 @@ class EpisodeDataset:
         labels = torch.tensor([[c, base]] * len(boxes), dtype=torch.long).reshape(-1, 2)
         return torch.from_numpy(img).permute(2, 0, 1).contiguous(), boxes, labels, lb.as_tuple()
 
+    def _paste(self, spec: EpisodeSpec, i: int, item: tuple) -> tuple:
+        """With probability ``paste_share``, query ``i`` also shows another episode video's target, cut from one of
+        that video's frames (in its joint colour) and labelled with its class: the same frame then holds a target
+        for each of two reference sets, so what is found has to follow the references, not the scene."""
+        rng = np.random.default_rng(mix_seed(spec.query_seed[i], "paste"))
+        if rng.random() >= self.cfg.paste_share:
+            return item
+        c = spec.query_class[i]
+        o = int(rng.choice([k for k in range(len(spec.videos)) if k != c]))
+        frames = self.layout.videos[spec.videos[o]].annotated_frames
+        if not frames:
+            return item
+        donor, donor_boxes, donor_labels, _ = self._query(spec.videos[o], int(rng.choice(frames)), o)
+        colour = self.colour_transform(spec, o)
+        if colour is not None:
+            donor = apply_colour(donor, colour)
+        img, boxes, labels, lb = item
+        img, boxes, labels = paste_object(img, boxes, labels, donor, donor_boxes[0], donor_labels[0], rng)
+        return img, boxes, labels, lb
+
     def __getitem__(self, spec: EpisodeSpec) -> EpisodeBatch:
         assert isinstance(spec, EpisodeSpec), f"index an EpisodeDataset with an EpisodeSpec, got {type(spec)}"
         items = [self._query(spec.videos[c], f, c) for c, f in zip(spec.query_class, spec.query_frame)]
@@ -229,6 +256,8 @@ class EpisodeDataset:
             colour = self.colour_transform(spec, c)
             if colour is not None:
                 items[i] = (apply_colour(items[i][0], colour), *items[i][1:])
+        if self.augment and getattr(self.cfg, "paste_share", 0.0) > 0 and len(spec.videos) > 1:
+            items = [self._paste(spec, i, item) for i, item in enumerate(items)]
         imgs, boxes, labels = [], [], []
         for i, (img, bx, lab, _) in enumerate(items):
             if self.augment:
