@@ -313,8 +313,6 @@ def test_num_aug_variants_all_come_up_in_one_epoch(layout, store, ids, num_aug):
 
 
 def test_paste_object_copies_the_box_and_fades_its_margin():
-    import numpy as np
-
     from refdet_core.data.augment import paste_object
 
     img = torch.zeros((3, 64, 64), dtype=torch.uint8)
@@ -358,7 +356,7 @@ def test_paste_share_shows_another_episode_videos_target_with_its_label(layout, 
                 found = False
                 for f in layout.videos[vid].annotated_frames:
                     frame = torch.from_numpy(store.get(vid, f)[0]).permute(2, 0, 1)
-                    dx1, dy1, _, _ = _letterbox_box(store, layout, vid, f).tolist()
+                    dx1, dy1, _, _ = store.letterbox(vid).to_letterbox(layout.videos[vid].boxes_by_frame[f])[0].tolist()
                     sx, sy = int(np.ceil(dx1)), int(np.ceil(dy1))
                     if round(dx1 - x1, 3) % 1 or round(dy1 - y1, 3) % 1:
                         continue
@@ -367,9 +365,3 @@ def test_paste_share_shows_another_episode_videos_target_with_its_label(layout, 
                 assert found, f"query {i}: the pasted box is no target crop of {vid}"
                 pasted += 1
     assert pasted >= 3  # most queries get one where there is room
-
-
-def _letterbox_box(store, layout, vid, frame):
-    lb = store.letterbox(vid)
-    native = torch.from_numpy(layout.videos[vid].boxes_by_frame[frame][0])
-    return native * lb.scale + torch.tensor([lb.pad_x, lb.pad_y, lb.pad_x, lb.pad_y])

@@ -256,7 +256,7 @@ class EpisodeDataset:
             colour = self.colour_transform(spec, c)
             if colour is not None:
                 items[i] = (apply_colour(items[i][0], colour), *items[i][1:])
-        if self.augment and getattr(self.cfg, "paste_share", 0.0) > 0 and len(spec.videos) > 1:
+        if self.augment and self.cfg.paste_share > 0 and len(spec.videos) > 1:
             items = [self._paste(spec, i, item) for i, item in enumerate(items)]
         imgs, boxes, labels = [], [], []
         for i, (img, bx, lab, _) in enumerate(items):
