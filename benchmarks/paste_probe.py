@@ -83,7 +83,11 @@ def main() -> None:
                     regions.append((kind, None, batch.boxes[i], c))
                     continue
                 donor, donor_boxes, _, _ = dataset._query(vid, int(rng.choice(layout.videos[vid].annotated_frames)), o)
-                box = donor_boxes[0] if kind == "pasted target" else ground_box(donor_boxes[0], donor_boxes, 640, rng)
+                box = (
+                    donor_boxes[0]
+                    if kind == "pasted target"
+                    else ground_box(donor_boxes[0], donor_boxes, donor.shape[-1], rng)
+                )
                 pasted = None
                 if box is not None:
                     img, boxes, _ = paste_object(
